@@ -1,0 +1,1 @@
+"""Warning lifecycle, escalation, notification outbox, HTTP API and console."""

@@ -1,0 +1,115 @@
+"""The `hazardwatch` command. Heavy imports stay inside each command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import orjson
+
+from hazardwatch import logs
+from hazardwatch.settings import Settings, masked
+
+
+@click.group()
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """hazardwatch: IoT risk monitoring and early warning (安全生产风险监测预警)."""
+    try:
+        settings = Settings()
+    except Exception as exc:  # a bad HW_* variable or TOML file: say which, stop
+        raise click.ClickException(f"configuration: {exc}") from exc
+    logs.setup(settings.log_level, settings.log_format)
+    ctx.obj = settings
+
+
+@main.command()
+@click.pass_obj
+def config(settings: Settings) -> None:
+    """Print the effective settings (secrets masked)."""
+    click.echo(orjson.dumps(masked(settings), option=orjson.OPT_INDENT_2).decode())
+
+
+@main.command()
+@click.pass_obj
+def migrate(settings: Settings) -> None:
+    """Create or upgrade the database schema (idempotent)."""
+    from hazardwatch.db import database_name, ensure_database
+    from hazardwatch.migrate import MigrationError
+    from hazardwatch.migrate import migrate as run
+
+    if ensure_database(settings.dsn()):
+        click.echo(f"created database {database_name(settings.dsn())}")
+    try:
+        result = run(
+            settings.dsn(),
+            timescale=settings.storage.timescale,
+            retention_days=settings.storage.retention_days,
+            compress_after_days=settings.storage.compress_after_days,
+        )
+    except MigrationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if result.mode == "timescale":
+        click.echo(f"mode: timescale (TimescaleDB {result.timescale_version}: hypertable, "
+                   "compression, retention, continuous aggregates)")
+    else:
+        click.echo("mode: plain (PostgreSQL without TimescaleDB: readings_1m/readings_1h are views)")
+    for name in result.applied:
+        click.echo(f"applied {name}")
+    for line in result.policies:
+        click.echo(f"policy {line}")
+    if not result.applied and not result.policies:
+        click.echo("up to date")
+
+
+@main.group()
+def registry() -> None:
+    """Regions, enterprises, sites, gateways and sensors."""
+
+
+@registry.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_obj
+def registry_import(settings: Settings, file: Path) -> None:
+    """Upsert the registry from a YAML file; a wrong file changes nothing."""
+    from hazardwatch.registry import RegistryError, import_file
+
+    try:
+        summary = import_file(settings.dsn(), file)
+    except RegistryError as exc:
+        click.echo(f"{file}: {len(exc.errors)} error(s), nothing imported", err=True)
+        for err in exc.errors:
+            click.echo(f"  {err}", err=True)
+        sys.exit(1)
+    click.echo(summary.describe())
+
+
+@registry.command("pending")
+@click.option("--enterprise", help="only this enterprise (统一社会信用代码)")
+@click.pass_obj
+def registry_pending(settings: Settings, enterprise: str | None) -> None:
+    """List tags and gateways that send data but are not registered."""
+    from hazardwatch.registry import pending
+
+    rows = pending(settings.dsn(), enterprise)
+    if not rows:
+        click.echo("no unregistered tags")
+        return
+    click.echo(f"{'enterprise':<20} {'gateway':<16} {'tag':<24} {'count':>8}  last seen")
+    for r in rows:
+        click.echo(f"{r.enterprise_code:<20} {r.gateway_code:<16} {r.tag:<24} {r.count:>8}  "
+                   f"{r.last_seen.isoformat(timespec='seconds')}")
+
+
+@main.command()
+@click.pass_obj
+def serve(settings: Settings) -> None:
+    """Run the pipeline: MQTT collectors, storage, HTTP (/metrics, /healthz, /readyz)."""
+    from hazardwatch.app import run
+
+    run(settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""MQTT collectors: decode, validate, normalise, batch, store, dead-letter."""

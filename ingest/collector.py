@@ -1,0 +1,294 @@
+"""The MQTT collector: receive (QoS 1, persistent session) → batch → commit → acknowledge.
+
+paho-mqtt runs its network loop in its own thread with manual acknowledgement; messages
+cross into asyncio through a deque. A message is acknowledged only after the transaction
+holding its readings has committed, so a crash anywhere before that makes the broker
+redeliver it, and the idempotent write makes the redelivery harmless. The broker's
+Receive Maximum (our setting) caps how many unacknowledged messages we hold, which is
+the collector's memory bound when the database stalls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from hazardwatch import logs
+from hazardwatch.settings import Settings
+from ingest import metrics, store
+from ingest.batch import Batch, Columns, Message
+from ingest.dialects import Decoded, Dialect, all_dialects
+from ingest.reasons import Reason
+from ingest.registry_cache import RegistryCache
+
+log = logs.get("ingest.collector")
+
+# Called inside the batch transaction after the readings are written (rules hook in here).
+BatchSink = Callable[[psycopg.AsyncConnection, Columns, Batch], Awaitable[None]]
+
+
+class Collector:
+    def __init__(self, settings: Settings, *, sink: BatchSink | None = None,
+                 dialects: list[Dialect] | None = None) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.dialects = dialects or all_dialects()
+        self.registry = RegistryCache()
+        self._inbox: collections.deque = collections.deque()
+        self._wake = asyncio.Event()
+        self._wake_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._generation = 0
+        self._client: mqtt.Client | None = None
+        self.connected = False
+        self.db_ok = False
+        self.stats = collections.Counter()
+
+    # ---- MQTT thread side ------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        m = self.settings.mqtt
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=m.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        if m.username:
+            client.username_pw_set(m.username, m.password.get_secret_value() if m.password else None)
+        if m.tls_ca:
+            client.tls_set(ca_certs=str(m.tls_ca))
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("mqtt connect refused", reason=str(reason_code))
+            return
+        self._generation += 1
+        self.connected = True
+        metrics.CONNECTED.set(1)
+        group = self.settings.mqtt.share_group
+        topics = []
+        for d in self.dialects:
+            for t in d.topics:
+                topics.append((f"$share/{group}/{t}" if group else t, SubscribeOptions(qos=1)))
+        client.subscribe(topics)
+        log.info("mqtt connected", session_present=bool(flags.session_present),
+                 generation=self._generation, subscriptions=len(topics))
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected = False
+        metrics.CONNECTED.set(0)
+        log.warning("mqtt disconnected", reason=str(reason_code))
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        self._inbox.append((self._generation, msg.mid, msg.qos, msg.topic, msg.payload, msg.dup,
+                            time.time() * 1000.0))
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    # ---- asyncio side ----------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        dsn = self.settings.dsn()
+        conn = await self._connect_db(dsn, stop)
+        if conn is None:
+            return
+        aux = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        await self.registry.refresh(aux)
+        log.info("registry loaded", gateways=len(self.registry.gateways),
+                 enterprises=len(self.registry.tags))
+        m = self.settings.mqtt
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = m.session_expiry_s
+        props.ReceiveMaximum = m.receive_maximum
+        self._client = client = self._make_client()
+        client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False,
+                             properties=props)
+        client.loop_start()
+        upkeep = asyncio.create_task(self._upkeep(aux, stop))
+        try:
+            conn = await self._consume(conn, stop)
+        finally:
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
+            client.disconnect()
+            client.loop_stop()
+            self.connected = False
+            metrics.CONNECTED.set(0)
+            await aux.close()
+            if conn is not None:
+                await conn.close()
+            log.info("collector stopped", **dict(self.stats))
+
+    async def _consume(self, conn, stop: asyncio.Event):
+        ing = self.settings.ingest
+        batch: Batch | None = None
+        flushing: asyncio.Task | None = None
+        while True:
+            if not self._inbox:
+                timeout = None
+                if batch is not None:
+                    timeout = max(0.0, ing.batch_ms / 1000.0 - (time.monotonic() - batch.started))
+                stopper = asyncio.ensure_future(stop.wait())
+                waker = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait({stopper, waker}, timeout=timeout,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                waker.cancel()
+            self._wake.clear()
+            self._wake_pending = False
+            while self._inbox and (batch is None or len(batch) < ing.batch_readings):
+                item = self._inbox.popleft()
+                if batch is None:
+                    batch = Batch(self.registry, ing.max_future_s * 1000.0, ing.max_readings_per_message)
+                self._accept(batch, item)
+            due = batch is not None and (
+                len(batch) >= ing.batch_readings
+                or time.monotonic() - batch.started >= ing.batch_ms / 1000.0
+                or stop.is_set()
+            )
+            if due:
+                if flushing is not None:
+                    conn = await flushing
+                flushing = asyncio.create_task(self._flush(conn, batch, stop))
+                batch = None
+            if stop.is_set() and batch is None:
+                if flushing is not None:
+                    conn = await flushing
+                return conn
+
+    def _accept(self, batch: Batch, item: tuple) -> None:
+        generation, mid, qos, topic, payload, dup, received_ms = item
+        dialect = next((d for d in self.dialects if d.matches(topic)), None)
+        name = dialect.name if dialect else "unknown"
+        metrics.MESSAGES.labels(name).inc()
+        if len(payload) > self.settings.ingest.max_payload_bytes:
+            decoded = Decoded(name).refuse(
+                Reason.OVERSIZE,
+                f"{len(payload)} bytes; the limit is {self.settings.ingest.max_payload_bytes}")
+        elif dialect is None:
+            decoded = Decoded(name).refuse(Reason.BAD_TOPIC, f"no dialect serves topic {topic!r}")
+        else:
+            try:
+                decoded = dialect.decode(topic, payload, received_ms)
+            except Exception as exc:  # a decoder bug must not stop the stream
+                log.exception("decoder failed", topic=topic)
+                decoded = Decoded(name).refuse(Reason.UNDECODABLE, f"decoder error: {exc!r}")
+        batch.has_dup = batch.has_dup or dup
+        batch.add((generation, mid, qos), Message(topic, payload, received_ms, decoded))
+
+    async def _flush(self, conn, batch: Batch, stop: asyncio.Event):
+        """Write one batch until it commits (reconnecting as needed), then acknowledge."""
+        cols = batch.finalize()
+        delay = 0.2
+        while True:
+            try:
+                t0 = time.perf_counter()
+                async with conn.transaction():
+                    result = await store.insert_readings(
+                        conn, cols, expect_conflict=batch.has_dup)
+                    letters = await store.write_side_effects(
+                        conn, batch, self.settings.ingest.dead_letter_payload_bytes)
+                    if self.sink is not None:
+                        await self.sink(conn, cols, batch)
+                metrics.WRITE_SECONDS.observe(time.perf_counter() - t0)
+                self.db_ok = True
+                break
+            except psycopg.OperationalError as exc:
+                self.db_ok = False
+                metrics.WRITE_FAILURES.inc()
+                log.warning("database unavailable; holding acknowledgements", error=str(exc),
+                            retry_in=delay, messages=len(batch.messages))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                conn = await self._connect_db(self.settings.dsn(), None)
+        self._acknowledge(batch)
+        self._count(batch, cols, result, letters)
+        return conn
+
+    def _acknowledge(self, batch: Batch) -> None:
+        client, current = self._client, self._generation
+        for generation, mid, qos in batch.acks:
+            # A message from an earlier connection will be redelivered; acking its old
+            # packet id on the new connection could acknowledge something else.
+            if qos > 0 and generation == current:
+                client.ack(mid, qos)
+
+    def _count(self, batch: Batch, cols: Columns, result: store.StoreResult, letters: int) -> None:
+        now_ms = time.time() * 1000.0
+        received = sum(len(m.decoded.tags) for m in batch.messages)
+        rejected = sum(m.rejected for m in batch.messages)
+        metrics.READINGS_RECEIVED.inc(received)
+        metrics.READINGS_STORED.inc(result.inserted)
+        metrics.READINGS_DUPLICATE.inc(received - rejected - result.inserted)
+        metrics.READINGS_REJECTED.inc(rejected)
+        metrics.DEAD_LETTERS.inc(letters)
+        for reason, n in batch.rejection_counts().items():
+            metrics.REJECTIONS.labels(reason).inc(n)
+        metrics.BATCH_READINGS.observe(len(cols))
+        for m in batch.messages:
+            metrics.LAG_SECONDS.observe(max(0.0, now_ms - m.received_ms) / 1000.0)
+        if len(cols):
+            newest_ms = cols.ts_us.max() / 1000.0 + 946_684_800_000.0
+            metrics.EVENT_LAG.set(max(0.0, now_ms - newest_ms) / 1000.0)
+        self.stats["messages"] += len(batch.messages)
+        self.stats["stored"] += result.inserted
+        self.stats["rejected"] += rejected
+        log.debug("batch committed", messages=len(batch.messages), rows=len(cols),
+                  inserted=result.inserted, slow_path=result.slow_path, dead_letters=letters)
+
+    async def _connect_db(self, dsn: str, stop: asyncio.Event | None):
+        delay = 0.5
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(dsn, application_name="hw-ingest")
+                await store.prepare(conn)
+                self.db_ok = True
+                return conn
+            except psycopg.OperationalError as exc:
+                self.db_ok = False
+                log.warning("database connect failed", error=str(exc), retry_in=delay)
+                if stop is not None and stop.is_set():
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _upkeep(self, aux, stop: asyncio.Event) -> None:
+        """Registry refresh and dead-letter pruning on a second connection."""
+        ing = self.settings.ingest
+        last_prune = 0.0
+        while not stop.is_set():
+            try:
+                if await self.registry.refresh(aux):
+                    log.info("registry reloaded", version=self.registry.version)
+                if time.monotonic() - last_prune > 60:
+                    await store.prune_dead_letters(aux, ing.dead_letter_max_age_days,
+                                                   ing.dead_letter_max_rows)
+                    last_prune = time.monotonic()
+            except psycopg.OperationalError as exc:
+                log.warning("upkeep: database unavailable", error=str(exc))
+                with contextlib.suppress(psycopg.Error):
+                    await aux.close()
+                try:
+                    aux = await psycopg.AsyncConnection.connect(self.settings.dsn(), autocommit=True)
+                except psycopg.OperationalError:
+                    pass
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), ing.registry_refresh_s)

@@ -1,0 +1,1 @@
+"""Site models, fault injection, scenarios with ground truth, replay, load generation."""
