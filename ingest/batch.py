@@ -75,17 +75,18 @@ class Batch:
         d = msg.decoded
         n = len(d.tags)
         if d.rejected:
-            msg.rejected = n
+            msg.rejected = n + d.dropped
             return
-        if n > self.max_readings:
-            d.refuse(Reason.TOO_MANY_READINGS, f"{n} readings; the limit is {self.max_readings}")
-            msg.rejected = n
+        if n + d.dropped > self.max_readings:
+            d.refuse(Reason.TOO_MANY_READINGS,
+                     f"{n + d.dropped} readings; the limit is {self.max_readings}")
+            msg.rejected = n + d.dropped
             return
         gid = self.registry.gateways.get((d.enterprise, d.gateway))
         if gid is None:
             d.refuse(Reason.UNKNOWN_GATEWAY,
                      f"gateway {d.gateway!r} of enterprise {d.enterprise!r} is not registered")
-            msg.rejected = n
+            msg.rejected = n + d.dropped
             for i in range(n):
                 self._note_pending(d.enterprise, d.gateway, d.tags[i], msg.received_ms, d.values[i])
             return
@@ -118,7 +119,7 @@ class Batch:
             self.tag.append(tag)
             accepted += 1
         msg.accepted = accepted
-        msg.rejected = n - accepted
+        msg.rejected = n - accepted + d.dropped
 
     def _note_pending(self, ent: str | None, gw: str | None, tag: str, at: float, value) -> None:
         key = (ent or "", gw or "", tag)

@@ -233,7 +233,7 @@ class Collector:
 
     def _count(self, batch: Batch, cols: Columns, result: store.StoreResult, letters: int) -> None:
         now_ms = time.time() * 1000.0
-        received = sum(len(m.decoded.tags) for m in batch.messages)
+        received = sum(len(m.decoded.tags) + m.decoded.dropped for m in batch.messages)
         rejected = sum(m.rejected for m in batch.messages)
         metrics.READINGS_RECEIVED.inc(received)
         metrics.READINGS_STORED.inc(result.inserted)
@@ -286,9 +286,7 @@ class Collector:
                 log.warning("upkeep: database unavailable", error=str(exc))
                 with contextlib.suppress(psycopg.Error):
                     await aux.close()
-                try:
+                with contextlib.suppress(psycopg.OperationalError):
                     aux = await psycopg.AsyncConnection.connect(self.settings.dsn(), autocommit=True)
-                except psycopg.OperationalError:
-                    pass
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), ing.registry_refresh_s)

@@ -72,9 +72,9 @@ async def insert_readings(conn: psycopg.AsyncConnection, cols: Columns, *,
     data = encode_copy(cols)
     if not expect_conflict:
         try:
-            async with conn.transaction():  # savepoint: a conflict rolls back only this
-                async with conn.cursor().copy(_COPY_SQL.format("readings")) as copy:
-                    await copy.write(data)
+            # The savepoint makes a conflict roll back only this attempt.
+            async with conn.transaction(), conn.cursor().copy(_COPY_SQL.format("readings")) as copy:
+                await copy.write(data)
             return StoreResult(len(cols), 0, False)
         except errors.UniqueViolation:
             pass

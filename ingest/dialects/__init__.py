@@ -7,10 +7,13 @@ registry or the database; `ingest.batch` resolves tags and applies the limits.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
+
+import orjson
 
 from ingest.reasons import Q_BAD, Reason
 
@@ -46,13 +49,20 @@ class Decoded:
     quality: list[int] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     rejected: bool = False           # the whole message is refused
+    dropped: int = 0                 # readings refused while decoding
     online: bool | None = None       # a gateway state message
     seq: int | None = None
 
     def refuse(self, reason: Reason, detail: str, field: str | None = None) -> Decoded:
+        """Refuse the whole message: every reading in it counts as refused."""
         self.rejected = True
         self.problems.append(Problem(reason, detail, field))
         return self
+
+    def refuse_group(self, problem: Problem, readings: object) -> None:
+        """Refuse one group of a message; the other groups stand."""
+        self.problems.append(problem)
+        self.dropped += len(readings) if type(readings) is dict else 0
 
 
 class Dialect(Protocol):
@@ -65,6 +75,25 @@ class Dialect(Protocol):
 
 
 # ---- helpers every dialect shares -------------------------------------------------------
+
+class Undecodable(ValueError):
+    pass
+
+
+def loads(payload: bytes) -> object:
+    """orjson on the hot path; the stdlib parser only when orjson refuses.
+
+    orjson refuses NaN/Infinity literals and numbers that overflow a double; gateways
+    written in C print those. The stdlib reads them as floats, so such a value is refused
+    as one bad reading instead of sinking its good neighbours.
+    """
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        try:
+            return json.loads(payload)
+        except (ValueError, RecursionError):
+            raise Undecodable(f"not UTF-8 JSON: {exc}") from None
 
 def parse_ts(raw: object, where: str) -> tuple[float | None, Problem | None]:
     """Epoch milliseconds or an RFC 3339 string with an offset → epoch ms."""
@@ -95,6 +124,7 @@ def add_values(out: Decoded, values: dict, ts_ms: float, quality: dict | None,
                prefix: str, where: str) -> None:
     """Append one group's readings; a bad value refuses that reading only."""
     tags, tss, vals, qs, problems = out.tags, out.ts_ms, out.values, out.quality, out.problems
+    before = len(tags)
     for key, v in values.items():
         tag = prefix + key if prefix else key
         if not key or len(tag) > 128:
@@ -129,6 +159,7 @@ def add_values(out: Decoded, values: dict, ts_ms: float, quality: dict | None,
         tss.append(ts_ms)
         vals.append(v)
         qs.append(q)
+    out.dropped += len(values) - (len(tags) - before)
 
 
 def _kind(v: object) -> str:

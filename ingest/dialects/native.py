@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import orjson
 
-from ingest.dialects import Decoded, Problem, add_values, kind_of, parse_ts
+from ingest.dialects import Decoded, Problem, Undecodable, add_values, kind_of, loads, parse_ts
 from ingest.reasons import Reason
 
 _GROUP_KEYS = frozenset({"ts", "values", "q", "seq"})
@@ -32,9 +32,9 @@ class NativeV1:
         if parts[4] == "state":
             return _decode_state(out, payload)
         try:
-            doc = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            return out.refuse(Reason.UNDECODABLE, f"not UTF-8 JSON: {exc}")
+            doc = loads(payload)
+        except Undecodable as exc:
+            return out.refuse(Reason.UNDECODABLE, str(exc))
         if type(doc) is dict:
             _group(out, doc, "$", received_ms)
         elif type(doc) is list:
@@ -58,20 +58,21 @@ def _group(out: Decoded, group: object, where: str, received_ms: float) -> None:
         return
     extra = group.keys() - _GROUP_KEYS
     if extra:
-        out.problems.append(Problem(Reason.SCHEMA, f"unknown key(s) {sorted(extra)}; group refused",
-                                    where))
+        out.refuse_group(Problem(Reason.SCHEMA, f"unknown key(s) {sorted(extra)}; group refused",
+                                 where), values)
         return
     if "ts" not in group:
-        out.problems.append(Problem(Reason.SCHEMA, "missing", f"{where}.ts"))
+        out.refuse_group(Problem(Reason.SCHEMA, "missing", f"{where}.ts"), values)
         return
     ts, problem = parse_ts(group["ts"], f"{where}.ts")
     if problem is not None:
         problem.detail += f"; {len(values)} reading(s) refused"
-        out.problems.append(problem)
+        out.refuse_group(problem, values)
         return
     quality = group.get("q")
     if quality is not None and type(quality) is not dict:
-        out.problems.append(Problem(Reason.SCHEMA, f"expected an object, got {kind_of(quality)}", f"{where}.q"))
+        out.refuse_group(Problem(Reason.SCHEMA, f"expected an object, got {kind_of(quality)}",
+                                 f"{where}.q"), values)
         return
     seq = group.get("seq")
     if seq is not None:

@@ -9,9 +9,7 @@ connect/disconnect: {"device": "<name>"} — noted as the gateway being alive.
 
 from __future__ import annotations
 
-import orjson
-
-from ingest.dialects import Decoded, Problem, add_values, kind_of, parse_ts
+from ingest.dialects import Decoded, Problem, Undecodable, add_values, kind_of, loads, parse_ts
 from ingest.reasons import Reason
 
 _GATEWAY_TELEMETRY = ("v1", "gateway", "telemetry")
@@ -41,9 +39,9 @@ class ThingsBoard:
             return out.refuse(Reason.BAD_TOPIC, f"not a ThingsBoard telemetry topic: {topic!r}")
         out.enterprise, out.gateway = parts[1], parts[2]
         try:
-            doc = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            return out.refuse(Reason.UNDECODABLE, f"not UTF-8 JSON: {exc}")
+            doc = loads(payload)
+        except Undecodable as exc:
+            return out.refuse(Reason.UNDECODABLE, str(exc))
         if api in _GATEWAY_EVENTS:
             if type(doc) is not dict or type(doc.get("device")) is not str:
                 return out.refuse(Reason.SCHEMA, 'expected {"device": "<name>"}', "$.device")
@@ -79,12 +77,13 @@ def _entries(out: Decoded, doc: object, prefix: str, where: str, received_ms: fl
                 continue
             if len(item) != 2:
                 extra = sorted(item.keys() - {"ts", "values"})
-                out.problems.append(Problem(Reason.SCHEMA, f"unknown key(s) {extra}; entry refused", at))
+                out.refuse_group(Problem(Reason.SCHEMA, f"unknown key(s) {extra}; entry refused", at),
+                                 values)
                 continue
             ts, problem = parse_ts(item["ts"], f"{at}.ts")
             if problem is not None:
                 problem.detail += f"; {len(values)} reading(s) refused"
-                out.problems.append(problem)
+                out.refuse_group(problem, values)
                 continue
             add_values(out, values, ts, None, prefix, at)  # type: ignore[arg-type]
         else:
