@@ -1,0 +1,122 @@
+"""The write path against the real PostgreSQL: COPY fast path, conflict fallback, side effects."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import psycopg
+import pytest
+
+from ingest import store
+from ingest.batch import PG_EPOCH_MS, Batch, Columns, Message
+from ingest.dialects.native import NativeV1
+from ingest.registry_cache import RegistryCache
+
+ENT = "91370105MA3C00001X"
+
+
+@pytest.fixture
+async def conn(db_dsn):
+    async with await psycopg.AsyncConnection.connect(db_dsn) as c:
+        await c.execute("TRUNCATE readings, dead_letters, unregistered_tags")
+        await c.commit()
+        await store.prepare(c)
+        yield c
+
+
+def cols(sensor, ts_ms, values, quality=None, null=None) -> Columns:
+    n = len(sensor)
+    v = np.array([np.nan if x is None else x for x in values], dtype=np.float64)
+    return Columns(
+        np.array(sensor, dtype=np.int32),
+        np.round((np.array(ts_ms, dtype=np.float64) - PG_EPOCH_MS) * 1000).astype(np.int64),
+        v,
+        np.array([x is None for x in values]) if null is None else np.array(null),
+        np.array(quality or [0] * n, dtype=np.int16),
+    )
+
+
+T = 1_795_000_000_000.0
+
+
+async def fetch(conn):
+    cur = await conn.execute(
+        "SELECT sensor_id, (extract(epoch FROM ts) * 1000)::float8, value, quality "
+        "FROM readings ORDER BY sensor_id, ts")
+    return await cur.fetchall()
+
+
+async def test_binary_copy_round_trips_values_nulls_and_quality(conn):
+    c = cols([1, 2, 3], [T, T + 1, T + 2.5], [1.25, None, -3e10], quality=[0, 2, 1])
+    async with conn.transaction():
+        result = await store.insert_readings(conn, c)
+    assert (result.inserted, result.duplicates, result.slow_path) == (3, 0, False)
+    assert await fetch(conn) == [(1, T, 1.25, 0), (2, T + 1, None, 2), (3, T + 2.5, -3e10, 1)]
+
+
+async def test_conflicting_batch_falls_back_and_stores_only_new_rows(conn):
+    async with conn.transaction():
+        await store.insert_readings(conn, cols([1, 1], [T, T + 1000], [1.0, 2.0]))
+    async with conn.transaction():
+        result = await store.insert_readings(conn, cols([1, 1, 2], [T, T + 2000, T], [9.0, 3.0, 5.0]))
+    assert (result.inserted, result.duplicates, result.slow_path) == (2, 1, True)
+    assert await fetch(conn) == [(1, T, 1.0, 0), (1, T + 1000, 2.0, 0), (1, T + 2000, 3.0, 0), (2, T, 5.0, 0)]
+    # the staging table is empty again and the outer transaction was not poisoned
+    cur = await conn.execute("SELECT count(*) FROM readings_staging")
+    assert (await cur.fetchone())[0] == 0
+
+
+async def test_expected_conflict_goes_straight_to_the_slow_path(conn):
+    async with conn.transaction():
+        result = await store.insert_readings(conn, cols([4], [T], [1.0]), expect_conflict=True)
+    assert (result.inserted, result.slow_path) == (1, True)
+
+
+async def test_side_effects_dead_letters_pending_and_gateway(conn, db_dsn):
+    await conn.execute("INSERT INTO regions VALUES ('370105', 'x', NULL) ON CONFLICT DO NOTHING")
+    await conn.execute(
+        "INSERT INTO enterprises (code, name, region) VALUES (%s, 'e', '370105') "
+        "ON CONFLICT (code) DO NOTHING", (ENT,))
+    cur = await conn.execute(
+        "INSERT INTO gateways (enterprise_id, code, username) "
+        "SELECT id, 'gw-st', %s FROM enterprises WHERE code = %s "
+        "ON CONFLICT (enterprise_id, code) DO UPDATE SET name = NULL RETURNING id",
+        (f"{ENT}/gw-st", ENT))
+    (gid,) = await cur.fetchone()
+    await conn.commit()
+    reg = RegistryCache()
+    await reg.refresh(conn)
+    b = Batch(reg, 300_000, 100)
+    topic = f"hw/v1/{ENT}/gw-st/readings"
+    payload = orjson.dumps({"ts": T, "values": {"NEW.ONE": 1.5, "BAD": "x"}})
+    b.add((1, 1, 1), Message(topic, payload, T, NativeV1().decode(topic, payload, T)))
+    state_topic = f"hw/v1/{ENT}/gw-st/state"
+    b.add((1, 2, 1), Message(state_topic, b"offline", T + 5, NativeV1().decode(state_topic, b"offline", T + 5)))
+    b.finalize(T)
+    async with conn.transaction():
+        n = await store.write_side_effects(conn, b, dead_letter_payload_bytes=16)
+    assert n == 1
+    cur = await conn.execute(
+        "SELECT topic, reason, errors, accepted, rejected, payload, payload_truncated FROM dead_letters")
+    topic_, reason, errors, accepted, rejected, stored_payload, truncated = await cur.fetchone()
+    assert (topic_, reason, accepted, rejected, truncated) == (topic, "not_a_number", 0, 2, True)
+    assert [e["reason"] for e in errors] == ["not_a_number", "unknown_tag"]
+    assert bytes(stored_payload) == payload[:16]
+    cur = await conn.execute("SELECT gateway_code, tag, count, last_value FROM unregistered_tags")
+    assert await cur.fetchall() == [("gw-st", "NEW.ONE", 1, 1.5)]
+    cur = await conn.execute("SELECT online, state_at IS NOT NULL, last_seen IS NOT NULL FROM gateways WHERE id = %s", (gid,))
+    assert await cur.fetchone() == (False, True, True)
+
+
+async def test_prune_bounds_dead_letters_by_count_and_age(conn):
+    await conn.execute(
+        "INSERT INTO dead_letters (received_at, topic, dialect, reason, errors, payload) "
+        "SELECT now() - make_interval(days => CASE WHEN i <= 3 THEN 30 ELSE 0 END), 't', 'native', "
+        "'schema', '[]', '' FROM generate_series(1, 10) i")
+    await conn.commit()
+    removed = await store.prune_dead_letters(conn, max_age_days=14, max_rows=5)
+    assert removed == 5
+    cur = await conn.execute("SELECT count(*), min(id) FROM dead_letters")
+    count, min_id = await cur.fetchone()
+    cur = await conn.execute("SELECT max(id) FROM dead_letters")
+    assert count == 5 and (await cur.fetchone())[0] - min_id == 4
