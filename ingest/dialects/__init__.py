@@ -150,6 +150,8 @@ def add_values(out: Decoded, values: dict, ts_ms: float, quality: dict | None,
         q = 0 if v is not None else Q_BAD
         if quality is not None and key in quality:
             raw_q = quality[key]
+            if type(raw_q) is float and raw_q.is_integer():  # JSON Schema: 1.0 is the integer 1
+                raw_q = int(raw_q)
             if type(raw_q) is not int or not 0 <= raw_q <= 4:
                 problems.append(Problem(Reason.BAD_QUALITY, f"quality must be an integer 0..4, got {raw_q!r}",
                                         f"{where}.q", tag))

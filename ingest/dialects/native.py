@@ -75,8 +75,10 @@ def _group(out: Decoded, group: object, where: str, received_ms: float) -> None:
                                  f"{where}.q"), values)
         return
     seq = group.get("seq")
+    if type(seq) is float and seq.is_integer():
+        seq = int(seq)
     if seq is not None:
-        if type(seq) is int and seq >= 0:
+        if type(seq) is int and 0 <= seq < 2**63:
             out.seq = seq
         else:
             out.problems.append(Problem(Reason.SCHEMA, "expected a non-negative integer (ignored)", f"{where}.seq"))

@@ -86,6 +86,9 @@ def _entries(out: Decoded, doc: object, prefix: str, where: str, received_ms: fl
                 out.refuse_group(problem, values)
                 continue
             add_values(out, values, ts, None, prefix, at)  # type: ignore[arg-type]
+        elif "ts" in item or "values" in item:
+            out.refuse_group(Problem(Reason.SCHEMA, 'the timestamped form needs both "ts" and '
+                                     '"values" and nothing else; entry refused', at), item)
         else:
             # Short form without ts: ThingsBoard stamps server time; so do we (broker receipt).
             add_values(out, item, received_ms, None, prefix, at)
