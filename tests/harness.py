@@ -29,7 +29,7 @@ class Serve:
 
     def __init__(self, dsn: str, broker, log_dir: Path, **extra_env: str) -> None:
         self.http_port = free_port()
-        user, password = broker.collector
+        user, password = broker.collector.username, broker.collector.password
         self.env = {
             **os.environ,
             "HW_DATABASE_URL": dsn,

@@ -24,10 +24,6 @@ REGISTRY = Path(__file__).parent / "data" / "registry_e2e.yaml"
 ENT, OTHER = "91370105MA3C000043", "91370105MA3C000056"
 
 
-def gateway_acl(ent: str, gw: str) -> list[str]:
-    return [f"topic write hw/v1/{ent}/{gw}/#", "topic write v1/#"]
-
-
 class Site:
     """A migrated database with the test registry, a running collector and gateway clients."""
 
@@ -36,9 +32,8 @@ class Site:
         import_file(dsn, REGISTRY)
         self.passwords: dict[str, str] = {}
         for ent, gw in [(ENT, "gw-e2e"), (ENT, "gw-tb"), (OTHER, "gw-other"), (ENT, "gw-ghost")]:
-            user = f"{ent}/{gw}"
-            self.passwords[user] = secrets.token_hex(8)
-            broker.add_user(user, self.passwords[user], gateway_acl(ent, gw))
+            creds = broker.add_gateway(ent, gw, password=secrets.token_hex(8))
+            self.passwords[creds.username] = creds.password
         self.serve = Serve(dsn, broker, tmp, HW_MQTT__CLIENT_ID=client_id)
 
     def gateway(self, ent: str, gw: str, **kw) -> Gateway:
