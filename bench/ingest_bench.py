@@ -69,48 +69,83 @@ def message(g: int, k: int, base_ms: int) -> tuple[str, bytes]:
 # ---- publishers -----------------------------------------------------------------------
 
 def publisher(host: str, port: int, creds: dict[str, str], gateways: list[int], base_ms: int,
-              seconds: float, counter) -> None:
+              seconds: float, issued, acked, allowed) -> None:
+    """Publish QoS 1 batches while the readings issued stay under the controller's budget;
+    count a reading as published only once the broker acknowledged it."""
     clients = []
+    lock = threading.Lock()
+    cond = threading.Condition(lock)
+    my_acked = 0
+
+    def on_publish(client, userdata, mid, reason_code, properties):
+        nonlocal my_acked
+        with cond:
+            my_acked += 1
+            cond.notify_all()
+
     for g in gateways:
         user = f"{ENT}/gw-{g:03d}"
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{g}", protocol=mqtt.MQTTv5)
         c.username_pw_set(user, creds[user])
-        c.max_inflight_messages_set(200)
-        c.max_queued_messages_set(400)
+        c.max_inflight_messages_set(100)
+        c.on_publish = on_publish
         c.connect(host, port)
         c.loop_start()
         clients.append((g, c))
     deadline = time.monotonic() + seconds
     k = 0
-    sent = 0
+    my_issued = 0
+    reported = 0
     while time.monotonic() < deadline:
+        with lock:
+            done = my_acked
+        if done > reported:
+            with acked.get_lock():
+                acked.value += (done - reported) * PER_MESSAGE
+            reported = done
+        if issued.value >= allowed.value:
+            time.sleep(0.001)
+            continue
         for g, c in clients:
             topic, payload = message(g, k, base_ms)
-            info = c.publish(topic, payload, qos=1)
-            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-                time.sleep(0.002)
-                continue
-            sent += PER_MESSAGE
+            c.publish(topic, payload, qos=1)
+        my_issued += len(clients)
+        with issued.get_lock():
+            issued.value += len(clients) * PER_MESSAGE
         k += 1
-        if k % 20 == 0:
-            with counter.get_lock():
-                counter.value += sent
-            sent = 0
-    with counter.get_lock():
-        counter.value += sent
+    with cond:  # every issued publish acknowledged by the broker before leaving
+        cond.wait_for(lambda: my_acked >= my_issued, timeout=60)
+        done = my_acked
+    with acked.get_lock():
+        acked.value += (done - reported) * PER_MESSAGE
     for _, c in clients:
         c.disconnect()
         c.loop_stop()
 
 
-def flood(broker, creds, gateways: int, publishers: int, base_ms: int, seconds: float):
-    counter = mp.Value("q", 0)
-    split = [list(range(gateways))[i::publishers] for i in range(publishers)]
-    procs = [mp.Process(target=publisher, args=(broker.host, broker.port, creds, part, base_ms,
-                                                seconds, counter)) for part in split]
-    for p in procs:
-        p.start()
-    return procs, counter
+class Flood:
+    """Publisher processes paced by a budget: published may run `window` readings ahead
+    of stored (or of nothing, for an open-loop run)."""
+
+    def __init__(self, broker, creds, gateways: int, publishers: int, base_ms: int, seconds: float,
+                 window: int = 100_000) -> None:
+        self.issued = mp.Value("q", 0)
+        self.acked = mp.Value("q", 0)
+        self.allowed = mp.Value("q", window)
+        self.window = window
+        split = [list(range(gateways))[i::publishers] for i in range(publishers)]
+        self.procs = [mp.Process(target=publisher, args=(broker.host, broker.port, creds, part, base_ms,
+                                                         seconds, self.issued, self.acked, self.allowed))
+                      for part in split]
+        for p in self.procs:
+            p.start()
+
+    def pace(self, stored: float) -> None:
+        self.allowed.value = int(stored) + self.window
+
+    def join(self) -> None:
+        for p in self.procs:
+            p.join()
 
 
 # ---- measurements -----------------------------------------------------------------------
@@ -171,17 +206,19 @@ def naive_subscriber(broker, dsn: str, creds, gateways: int, seconds: float, bas
     sub.subscribe("hw/v1/+/+/readings", qos=1)
     sub.loop_start()
     time.sleep(0.5)
-    procs, _ = flood(broker, creds, gateways, 1, base_ms, seconds + 2)
-    time.sleep(1.0)
-    with lock:
-        s0 = stored
-    t0 = time.perf_counter()
-    time.sleep(seconds)
-    with lock:
-        s1 = stored
-    rate = (s1 - s0) / (time.perf_counter() - t0)
-    for p in procs:
-        p.join()
+    flood = Flood(broker, creds, gateways, 1, base_ms, seconds + 2, window=5_000)
+    t_end = time.monotonic() + 1.0
+    while time.monotonic() < t_end:
+        flood.pace(stored)
+        time.sleep(0.05)
+    s0, t0 = stored, time.perf_counter()
+    t_end = time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        flood.pace(stored)
+        time.sleep(0.05)
+    rate = (stored - s0) / (time.perf_counter() - t0)
+    flood.allowed.value = 1 << 62
+    flood.join()
     sub.disconnect()
     sub.loop_stop()
     db.close()
@@ -201,19 +238,34 @@ def hazardwatch_serve(broker, dsn: str, creds, gateways: int, publishers: int, s
     serve = Serve(dsn, broker, tmp, HW_MQTT__CLIENT_ID="bench-hw", HW_LOG_LEVEL="WARNING")
     serve.start()
     try:
-        procs, published = flood(broker, creds, gateways, publishers, base_ms, seconds + 5)
-        time.sleep(3.0)  # warm-up
-        s0, p0, t0 = stored_total(serve), published.value, time.perf_counter()
-        time.sleep(seconds)
-        s1, p1, t1 = stored_total(serve), published.value, time.perf_counter()
-        for p in procs:
-            p.join()
+        flood = Flood(broker, creds, gateways, publishers, base_ms, seconds + 5)
+
+        def run_for(duration: float) -> float:
+            end = time.monotonic() + duration
+            stored = 0.0
+            while time.monotonic() < end:
+                stored = stored_total(serve)
+                flood.pace(stored)
+                time.sleep(0.05)
+            return stored
+
+        run_for(3.0)  # warm-up
+        s0, p0, t0 = stored_total(serve), flood.acked.value, time.perf_counter()
+        s1 = run_for(seconds)
+        p1, t1 = flood.acked.value, time.perf_counter()
+        flood.allowed.value = 1 << 62
+        flood.join()
         rate = (s1 - s0) / (t1 - t0)
         offered = (p1 - p0) / (t1 - t0)
-        # drain: everything published ends up stored exactly once
-        total = published.value
-        deadline = time.monotonic() + 120
-        while stored_total(serve) < total and time.monotonic() < deadline:
+        # drain: everything the broker acknowledged ends up stored exactly once
+        total = flood.acked.value
+        last, idle_since = -1.0, time.monotonic()
+        while time.monotonic() - idle_since < 10:
+            now = stored_total(serve)
+            if now >= total:
+                break
+            if now != last:
+                last, idle_since = now, time.monotonic()
             time.sleep(0.5)
         with psycopg.connect(dsn) as conn:
             rows = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
