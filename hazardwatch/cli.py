@@ -12,7 +12,22 @@ from hazardwatch import logs
 from hazardwatch.settings import Settings, masked
 
 
-@click.group()
+class _Group(click.Group):
+    """Turns an unreachable database into one plain sentence instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        import psycopg
+
+        try:
+            return super().invoke(ctx)
+        except psycopg.OperationalError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise click.ClickException(
+                f"database unavailable: {first} (check HW_DATABASE_URL and that PostgreSQL runs)"
+            ) from exc
+
+
+@click.group(cls=_Group)
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """hazardwatch: IoT risk monitoring and early warning (安全生产风险监测预警)."""
