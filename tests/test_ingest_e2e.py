@@ -233,3 +233,30 @@ def test_collector_killed_mid_stream_ends_with_exactly_the_published_readings(pr
         finally:
             gw.close()
             s.serve.stop()
+
+
+def test_health_and_readiness_endpoints(site, project_broker, tmp_path):  # noqa: F811
+    import json
+    import urllib.error
+    import urllib.request
+
+    base = f"http://127.0.0.1:{site.serve.http_port}"
+    with urllib.request.urlopen(base + "/healthz", timeout=2) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
+        assert json.load(r) == {"ready": True, "mqtt": True, "database": True}
+    assert "hw_ingest_write_seconds_bucket" in site.serve.metrics()
+    # a collector the broker refuses is alive but not ready
+    refused = Serve(site.dsn, project_broker, tmp_path, HW_MQTT__CLIENT_ID="hw-refused",
+                    HW_MQTT__PASSWORD="wrong")
+    try:
+        with pytest.raises(TimeoutError):
+            refused.start(timeout=4)
+        url = f"http://127.0.0.1:{refused.http_port}"
+        with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
+            assert r.status == 200
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(url + "/readyz", timeout=2)
+        assert err.value.code == 503 and json.load(err.value)["mqtt"] is False
+    finally:
+        refused.stop()
