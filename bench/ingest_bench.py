@@ -308,7 +308,7 @@ def main() -> None:
                                                      args.seconds, base_ms + 10_000_000, tmp)
             print(f"    {rate:,.0f} readings/s stored (offered {offered:,.0f}/s)", flush=True)
     finally:
-        broker.stop()
+        broker.close()
 
     print()
     print(f"{'path':<44}{'readings/s':>14}{'ratio':>10}")

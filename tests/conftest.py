@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from brokers import fresh_broker, project_broker  # noqa: F401  (fixtures)
 from dbutil import SERVER, fresh_database, timescale_available
 
 _TIMESCALE = None

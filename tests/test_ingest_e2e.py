@@ -12,7 +12,6 @@ from pathlib import Path
 import orjson
 import psycopg
 import pytest
-from brokers import project_broker  # noqa: F401  (session fixture: the project's mosquitto)
 from dbutil import fresh_database
 from harness import Gateway, Serve, scalar, wait_for
 
@@ -48,7 +47,7 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(project_broker, tmp_path_factory):  # noqa: F811
+def site(project_broker, tmp_path_factory):
     with fresh_database("hw_test_e2e") as dsn:
         s = Site(dsn, project_broker, tmp_path_factory.mktemp("e2e"), "hw-ingest-e2e")
         s.serve.start()
@@ -182,7 +181,7 @@ def test_mosquitto_pub_command_line_reading_is_stored_within_a_second(site):
     assert time.monotonic() - sent < 1.0
 
 
-def test_collector_killed_mid_stream_ends_with_exactly_the_published_readings(project_broker, tmp_path):  # noqa: F811
+def test_collector_killed_mid_stream_ends_with_exactly_the_published_readings(project_broker, tmp_path):
     """SIGKILL the collector three times while a gateway streams QoS 1 batches."""
     with fresh_database("hw_test_kill") as dsn:
         s = Site(dsn, project_broker, tmp_path, "hw-ingest-kill")
@@ -235,7 +234,7 @@ def test_collector_killed_mid_stream_ends_with_exactly_the_published_readings(pr
             s.serve.stop()
 
 
-def test_health_and_readiness_endpoints(site, project_broker, tmp_path):  # noqa: F811
+def test_health_and_readiness_endpoints(site, project_broker, tmp_path):
     import json
     import urllib.error
     import urllib.request
