@@ -54,6 +54,13 @@ class StorageSettings(BaseModel):
     compress_after_days: int = Field(default=1, ge=1)
 
 
+class RulesSettings(BaseModel):
+    enabled: bool = True
+    # After a restart the engine replays this much recent history to rebuild trend state.
+    replay_s: float = Field(default=1800.0, ge=0)
+    tick_s: float = Field(default=1.0, gt=0)   # no-data timers and duration escalation
+
+
 class HttpSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
@@ -72,6 +79,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     ingest: IngestSettings = IngestSettings()
     storage: StorageSettings = StorageSettings()
+    rules: RulesSettings = RulesSettings()
     http: HttpSettings = HttpSettings()
 
     @classmethod

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -32,15 +33,28 @@ from ingest.registry_cache import RegistryCache
 
 log = logs.get("ingest.collector")
 
-# Called inside the batch transaction after the readings are written (rules hook in here).
-BatchSink = Callable[[psycopg.AsyncConnection, Columns, Batch], Awaitable[None]]
+
+class BatchSink(Protocol):
+    """What the composition root plugs in after storage (the rules stage).
+
+    evaluate() runs once per batch and must not do I/O; write() runs inside the batch
+    transaction and may run again if that transaction is retried; tick() is processing-time
+    work whose result is written the same way.
+    """
+
+    async def start(self, conn: psycopg.AsyncConnection) -> None: ...
+    async def reload(self, conn: psycopg.AsyncConnection) -> None: ...
+    def evaluate(self, cols: Columns, batch: Batch) -> Any: ...
+    def tick(self, now: float) -> Any: ...
+    async def write(self, conn: psycopg.AsyncConnection, result: Any) -> None: ...
 
 
 class Collector:
     def __init__(self, settings: Settings, *, sink: BatchSink | None = None,
-                 dialects: list[Dialect] | None = None) -> None:
+                 dialects: list[Dialect] | None = None, tick_s: float = 1.0) -> None:
         self.settings = settings
         self.sink = sink
+        self.tick_s = tick_s
         self.dialects = dialects or all_dialects()
         self.registry = RegistryCache()
         self._inbox: collections.deque = collections.deque()
@@ -50,6 +64,7 @@ class Collector:
         self._generation = 0
         self._client: mqtt.Client | None = None
         self.connected = False
+        self._disconnected = threading.Event()
         self.db_ok = False
         self.stats = collections.Counter()
 
@@ -91,6 +106,7 @@ class Collector:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected = False
+        self._disconnected.set()
         metrics.CONNECTED.set(0)
         log.warning("mqtt disconnected", reason=str(reason_code))
 
@@ -109,10 +125,13 @@ class Collector:
         conn = await self._connect_db(dsn, stop)
         if conn is None:
             return
+        self._conn = conn
         aux = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
         await self.registry.refresh(aux)
         log.info("registry loaded", gateways=len(self.registry.gateways),
                  enterprises=len(self.registry.tags))
+        if self.sink is not None:
+            await self.sink.start(aux)  # before subscribing: state restored first
         m = self.settings.mqtt
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = m.session_expiry_s
@@ -128,7 +147,11 @@ class Collector:
             upkeep.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await upkeep
+            # Let paho flush the last PUBACKs and the DISCONNECT before its loop stops;
+            # otherwise committed messages would come back (harmless, but wasted work).
+            self._disconnected.clear()
             client.disconnect()
+            await asyncio.to_thread(self._disconnected.wait, 5.0)
             client.loop_stop()
             self.connected = False
             metrics.CONNECTED.set(0)
@@ -141,9 +164,13 @@ class Collector:
         ing = self.settings.ingest
         batch: Batch | None = None
         flushing: asyncio.Task | None = None
+        next_tick = time.monotonic() + self.tick_s
         while True:
+            if self.sink is not None and time.monotonic() >= next_tick:
+                flushing = asyncio.create_task(self._tick(flushing, stop))
+                next_tick = time.monotonic() + self.tick_s
             if not self._inbox:
-                timeout = None
+                timeout = self.tick_s if self.sink is not None else None
                 if batch is not None:
                     timeout = max(0.0, ing.batch_ms / 1000.0 - (time.monotonic() - batch.started))
                 stopper = asyncio.ensure_future(stop.wait())
@@ -165,9 +192,7 @@ class Collector:
                 or stop.is_set()
             )
             if due:
-                if flushing is not None:
-                    conn = await flushing
-                flushing = asyncio.create_task(self._flush(conn, batch, stop))
+                flushing = asyncio.create_task(self._flush(flushing, conn, batch, stop))
                 batch = None
             if stop.is_set() and batch is None:
                 if flushing is not None:
@@ -194,34 +219,60 @@ class Collector:
         batch.has_dup = batch.has_dup or dup
         batch.add((generation, mid, qos), Message(topic, payload, received_ms, decoded))
 
-    async def _flush(self, conn, batch: Batch, stop: asyncio.Event):
-        """Write one batch until it commits (reconnecting as needed), then acknowledge."""
+    async def _flush(self, previous: asyncio.Task | None, conn, batch: Batch, stop: asyncio.Event):
+        """Write one batch until it commits (reconnecting as needed), then acknowledge.
+
+        Decoding and rule evaluation of this batch overlap the previous batch's commit;
+        the writes themselves are chained, so acknowledgements stay in order."""
         cols = batch.finalize()
+        if previous is not None:
+            conn = await previous
+        evaluated = self.sink.evaluate(cols, batch) if self.sink is not None else None
+        outcome: dict = {}
+
+        async def work(c) -> None:
+            outcome["readings"] = await store.insert_readings(c, cols, expect_conflict=batch.has_dup)
+            outcome["letters"] = await store.write_side_effects(
+                c, batch, self.settings.ingest.dead_letter_payload_bytes)
+            if evaluated is not None:
+                await self.sink.write(c, evaluated)
+
+        conn = await self._commit(conn, work, len(batch.messages))
+        self._acknowledge(batch)
+        self._count(batch, cols, outcome["readings"], outcome["letters"])
+        return conn
+
+    async def _tick(self, previous: asyncio.Task | None, stop: asyncio.Event):
+        """Processing-time rule work (no-data timers, escalation by duration), in the chain."""
+        conn = await previous if previous is not None else self._conn
+        changes = self.sink.tick(time.time())
+        if changes:
+            async def work(c) -> None:
+                await self.sink.write(c, changes)
+
+            conn = await self._commit(conn, work, 0)
+        return conn
+
+    async def _commit(self, conn, work, messages: int):
+        """Run `work` in one transaction until it commits, reconnecting on database loss."""
         delay = 0.2
         while True:
             try:
                 t0 = time.perf_counter()
                 async with conn.transaction():
-                    result = await store.insert_readings(
-                        conn, cols, expect_conflict=batch.has_dup)
-                    letters = await store.write_side_effects(
-                        conn, batch, self.settings.ingest.dead_letter_payload_bytes)
-                    if self.sink is not None:
-                        await self.sink(conn, cols, batch)
+                    await work(conn)
                 metrics.WRITE_SECONDS.observe(time.perf_counter() - t0)
                 self.db_ok = True
-                break
+                self._conn = conn
+                return conn
             except psycopg.OperationalError as exc:
                 self.db_ok = False
                 metrics.WRITE_FAILURES.inc()
                 log.warning("database unavailable; holding acknowledgements", error=str(exc),
-                            retry_in=delay, messages=len(batch.messages))
+                            retry_in=delay, messages=messages)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 conn = await self._connect_db(self.settings.dsn(), None)
-        self._acknowledge(batch)
-        self._count(batch, cols, result, letters)
-        return conn
 
     def _acknowledge(self, batch: Batch) -> None:
         client, current = self._client, self._generation
@@ -278,6 +329,8 @@ class Collector:
             try:
                 if await self.registry.refresh(aux):
                     log.info("registry reloaded", version=self.registry.version)
+                    if self.sink is not None:
+                        await self.sink.reload(aux)
                 if time.monotonic() - last_prune > 60:
                     await store.prune_dead_letters(aux, ing.dead_letter_max_age_days,
                                                    ing.dead_letter_max_rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -135,3 +136,29 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str
 def scalar(dsn: str, sql: str, params=()):
     with psycopg.connect(dsn) as conn:
         return conn.execute(sql, params).fetchone()[0]
+
+
+class Site:
+    """A migrated database with the test registry, a running collector and gateway clients."""
+
+    def __init__(self, dsn: str, broker, tmp: Path, client_id: str, registry: Path,
+                 gateways: list[tuple[str, str]], **env: str) -> None:
+        from hazardwatch.registry import import_file
+
+        self.dsn, self.broker = dsn, broker
+        import_file(dsn, registry)
+        self.passwords: dict[str, str] = {}
+        for ent, gw in gateways:
+            creds = broker.add_gateway(ent, gw, password=secrets.token_hex(8))
+            self.passwords[creds.username] = creds.password
+        self.serve = Serve(dsn, broker, tmp, HW_MQTT__CLIENT_ID=client_id, **env)
+
+    def gateway(self, ent: str, gw: str, **kw) -> Gateway:
+        user = f"{ent}/{gw}"
+        return Gateway(self.broker, user, self.passwords[user], **kw)
+
+    def rows(self, ts_ms: float) -> dict[str, tuple]:
+        with psycopg.connect(self.dsn) as conn:
+            return {tag: (value, quality) for tag, value, quality in conn.execute(
+                "SELECT s.tag, r.value, r.quality FROM readings r JOIN sensors s ON s.id = r.sensor_id "
+                "WHERE r.ts = to_timestamp(%s / 1000.0)", (ts_ms,))}

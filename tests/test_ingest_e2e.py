@@ -3,7 +3,6 @@ stores into the real PostgreSQL. No mocks anywhere on the path."""
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 import threading
 import time
@@ -13,43 +12,19 @@ import orjson
 import psycopg
 import pytest
 from dbutil import fresh_database
-from harness import Gateway, Serve, scalar, wait_for
-
-from hazardwatch.registry import import_file
+from harness import Serve, Site, scalar, wait_for
 
 pytestmark = pytest.mark.slow
 
 REGISTRY = Path(__file__).parent / "data" / "registry_e2e.yaml"
 ENT, OTHER = "91370105MA3C000043", "91370105MA3C000056"
-
-
-class Site:
-    """A migrated database with the test registry, a running collector and gateway clients."""
-
-    def __init__(self, dsn: str, broker, tmp: Path, client_id: str) -> None:
-        self.dsn, self.broker = dsn, broker
-        import_file(dsn, REGISTRY)
-        self.passwords: dict[str, str] = {}
-        for ent, gw in [(ENT, "gw-e2e"), (ENT, "gw-tb"), (OTHER, "gw-other"), (ENT, "gw-ghost")]:
-            creds = broker.add_gateway(ent, gw, password=secrets.token_hex(8))
-            self.passwords[creds.username] = creds.password
-        self.serve = Serve(dsn, broker, tmp, HW_MQTT__CLIENT_ID=client_id)
-
-    def gateway(self, ent: str, gw: str, **kw) -> Gateway:
-        user = f"{ent}/{gw}"
-        return Gateway(self.broker, user, self.passwords[user], **kw)
-
-    def rows(self, ts_ms: float) -> dict[str, tuple]:
-        with psycopg.connect(self.dsn) as conn:
-            return {tag: (value, quality) for tag, value, quality in conn.execute(
-                "SELECT s.tag, r.value, r.quality FROM readings r JOIN sensors s ON s.id = r.sensor_id "
-                "WHERE r.ts = to_timestamp(%s / 1000.0)", (ts_ms,))}
+GATEWAYS = [(ENT, "gw-e2e"), (ENT, "gw-tb"), (OTHER, "gw-other"), (ENT, "gw-ghost")]
 
 
 @pytest.fixture(scope="module")
 def site(project_broker, tmp_path_factory):
     with fresh_database("hw_test_e2e") as dsn:
-        s = Site(dsn, project_broker, tmp_path_factory.mktemp("e2e"), "hw-ingest-e2e")
+        s = Site(dsn, project_broker, tmp_path_factory.mktemp("e2e"), "hw-ingest-e2e", REGISTRY, GATEWAYS)
         s.serve.start()
         try:
             yield s
@@ -184,7 +159,7 @@ def test_mosquitto_pub_command_line_reading_is_stored_within_a_second(site):
 def test_collector_killed_mid_stream_ends_with_exactly_the_published_readings(project_broker, tmp_path):
     """SIGKILL the collector three times while a gateway streams QoS 1 batches."""
     with fresh_database("hw_test_kill") as dsn:
-        s = Site(dsn, project_broker, tmp_path, "hw-ingest-kill")
+        s = Site(dsn, project_broker, tmp_path, "hw-ingest-kill", REGISTRY, GATEWAYS)
         s.serve.start()
         gw = s.gateway(ENT, "gw-e2e", client_id="kill-publisher")
         base = now_ms() - 3_600_000
