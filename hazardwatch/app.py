@@ -39,7 +39,12 @@ def http_app(collector: Collector) -> FastAPI:
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    collector = Collector(settings)
+    sink = None
+    if settings.rules.enabled:
+        from hazardwatch.pipeline import RulesSink
+
+        sink = RulesSink(settings.rules.replay_s)
+    collector = Collector(settings, sink=sink, tick_s=settings.rules.tick_s)
     config = uvicorn.Config(http_app(collector), host=settings.http.host, port=settings.http.port,
                             log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
