@@ -109,10 +109,17 @@ async def restore_open(conn: psycopg.AsyncConnection, engine: Engine) -> int:
     return len(by_id)
 
 
-async def recent_readings(conn: psycopg.AsyncConnection, sensor_ids: Sequence[int], seconds: float):
-    """The recent window the engine replays after a restart, oldest first."""
-    cur = await conn.execute(
-        "SELECT sensor_id, extract(epoch FROM ts)::float8, value, quality FROM readings "
-        "WHERE sensor_id = ANY(%s) AND ts > now() - make_interval(secs => %s) ORDER BY ts",
-        (list(sensor_ids), seconds))
-    return await cur.fetchall()
+async def recent_readings(conn: psycopg.AsyncConnection, sensor_ids: Sequence[int], seconds: float,
+                          chunk: int = 50_000):
+    """The recent window the engine replays after a restart, oldest first, in chunks.
+
+    A server-side cursor: at 100,000 sensors half an hour is millions of rows, which must
+    stream through the engine rather than sit in memory at once."""
+    async with conn.transaction(), conn.cursor(name="hw_replay") as cur:
+        await cur.execute(
+            "SELECT sensor_id, extract(epoch FROM ts)::float8, coalesce(value, 'NaN'::float8), "
+            "quality FROM readings WHERE sensor_id = ANY(%s) "
+            "AND ts > now() - make_interval(secs => %s) ORDER BY ts",
+            (list(sensor_ids), seconds))
+        while rows := await cur.fetchmany(chunk):
+            yield rows

@@ -117,6 +117,91 @@ def registry_pending(settings: Settings, enterprise: str | None) -> None:
                    f"{r.last_seen.isoformat(timespec='seconds')}")
 
 
+@main.group("rules")
+def rules_group() -> None:
+    """Rule packs (rules/packs/*.yaml) and the sensors they apply to."""
+
+
+_PACKS_OPTION = click.option(
+    "--packs", "packs_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="directory of rule packs (default: the packs installed with hazardwatch)")
+_REGISTRY_OPTION = click.option(
+    "--registry", "registry_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="registry YAML file (default: the registry in the database)")
+
+
+def _load_packs(packs_dir: Path | None) -> dict:
+    from rules.packs import PackError, load_packs
+
+    try:
+        return load_packs(packs_dir)
+    except PackError as exc:
+        for err in exc.errors:
+            click.echo(err)
+        click.echo(f"rule packs: {len(exc.errors)} error(s)")
+        sys.exit(1)
+
+
+def _registry_sensors(settings: Settings, registry_file: Path | None,
+                      tag: str | None = None) -> tuple[list, str]:
+    """(sensors, source name); a wrong registry file prints its errors and exits 1."""
+    from hazardwatch.registry import RegistryError
+    from hazardwatch.rulecheck import sensors_from_database, sensors_from_file
+
+    if registry_file is None:
+        return sensors_from_database(settings.dsn(), tag), "database"
+    try:
+        return sensors_from_file(registry_file), str(registry_file)
+    except RegistryError as exc:
+        for err in exc.errors:
+            click.echo(f"{registry_file}: {err}")
+        click.echo(f"{registry_file}: {len(exc.errors)} error(s) in the registry file")
+        sys.exit(1)
+
+
+@rules_group.command("check")
+@_PACKS_OPTION
+@_REGISTRY_OPTION
+@click.pass_obj
+def rules_check(settings: Settings, packs_dir: Path | None, registry_file: Path | None) -> None:
+    """Validate the rule packs and every registry sensor's rules against them."""
+    from hazardwatch.rulecheck import check
+
+    packs = _load_packs(packs_dir)
+    sensors, source = _registry_sensors(settings, registry_file)
+    report = check(packs, sensors, source)
+    for line in report.errors + report.warnings:
+        click.echo(line)
+    click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
+
+
+@rules_group.command("explain")
+@click.argument("tag")
+@click.option("--enterprise", help="the enterprise's code (统一社会信用代码) when the tag is not unique")
+@_REGISTRY_OPTION
+@_PACKS_OPTION
+@click.pass_obj
+def rules_explain(settings: Settings, tag: str, enterprise: str | None,
+                  registry_file: Path | None, packs_dir: Path | None) -> None:
+    """Print one sensor's effective rules, where each value came from, and what it feeds."""
+    from hazardwatch.rulecheck import ExplainError, all_tags_from_database, explain, pick
+
+    packs = _load_packs(packs_dir)
+    sensors, source = _registry_sensors(settings, registry_file, tag)
+    if registry_file is None and not sensors:
+        known = all_tags_from_database(settings.dsn())
+    else:
+        known = [s.spec.tag for s in sensors]
+    try:
+        sensor = pick(sensors, tag, enterprise, source, known)
+    except ExplainError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in explain(packs, sensor, source):
+        click.echo(line)
+
+
 @main.command()
 @click.pass_obj
 def serve(settings: Settings) -> None:

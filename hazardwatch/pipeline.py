@@ -48,13 +48,12 @@ class RulesSink:
         restored = await warnings_store.restore_open(conn, self.engine)
         replayed = 0
         if self.replay_s > 0 and self.engine.rows:
-            rows = await warnings_store.recent_readings(conn, list(self.engine.slot_of), self.replay_s)
-            if rows:
-                arr = np.array([(r[0], r[1], np.nan if r[2] is None else r[2], r[3]) for r in rows],
-                               dtype=np.float64)
+            async for rows in warnings_store.recent_readings(conn, list(self.engine.slot_of),
+                                                             self.replay_s):
+                arr = np.array(rows, dtype=np.float64)
                 self.engine.readings(arr[:, 0].astype(np.int64), arr[:, 1], arr[:, 2],
                                      arr[:, 3].astype(np.int16), time.time(), emit=False)
-                replayed = len(rows)
+                replayed += len(rows)
         self.engine.align()
         log.info("rules ready", sensors=len(self.engine.rows), open_warnings=restored,
                  replayed_readings=replayed)
