@@ -105,3 +105,32 @@ def test_trend_continues_across_a_restart(site):
     assert abs(alarm_detail["projected_s"] - (hh_time - raised_at)) < 0.2 * (hh_time - raised_at)
     assert detail["trend"]["projected_s"] == alarm_detail["projected_s"]
     assert active and level == 1                     # blue: a projection, nothing crossed yet
+
+
+def test_last_will_raises_one_interruption_warning_and_reconnect_clears_it(site):
+    """联网中断: the broker's last-will marks the gateway offline → one data_interruption
+    warning with an `offline` alarm of that gateway; `online` again clears it."""
+    state = f"hw/v1/{ENT}/gw-e2e/state"
+    gw = site.gateway(ENT, "gw-e2e", client_id="rules-will", will_topic=state)
+    gw.publish(state, b"online", retain=True)
+    gw.client.socket().close()  # drop the link without DISCONNECT: the broker sends the will
+    gw.client.loop_stop()
+
+    def offline_alarms():
+        with psycopg.connect(site.dsn) as conn:
+            return conn.execute(
+                "SELECT w.id, w.level, w.kind, a.active FROM warnings w JOIN alarms a ON a.warning_id = w.id "
+                "JOIN gateways g ON g.id = a.gateway_id WHERE g.code = 'gw-e2e' AND a.condition = 'offline' "
+                "AND w.cause = 'data_interruption'").fetchall()
+
+    (wid, level, kind, active), = wait_for(offline_alarms, timeout=30, what="offline alarm")
+    assert (kind, active, level) == ("data_interruption", True, 2)  # yellow on a grade-2 source
+    assert warnings_of(site.dsn, "overfill") == []                  # never taken for process danger
+
+    again = site.gateway(ENT, "gw-e2e", client_id="rules-will-2", will_topic=state)
+    try:
+        again.publish(state, b"online", retain=True)
+        wait_for(lambda: offline_alarms()[0][3] is False, timeout=15, what="offline cleared")
+    finally:
+        again.close()
+    assert [r[0] for r in offline_alarms()] == [wid]                # one episode, one alarm row
