@@ -78,18 +78,24 @@ class Changes:
     raised: list[Alarm] = field(default_factory=list)
     cleared: list[Alarm] = field(default_factory=list)
     peaked: list[Alarm] = field(default_factory=list)     # active alarms with a new peak
+    # What happened, for the audit trail and notifications: (episode, action, detail) with
+    # action raised | reactivated | level_up | cleared | alarm_raised | alarm_cleared.
+    events: list[tuple[Episode, str, dict]] = field(default_factory=list)
+    opened: set[int] = field(default_factory=set)         # id(episode) raised/reactivated here
 
     def touch(self, ep: Episode) -> None:
         self.dirty[id(ep)] = ep
 
     def __bool__(self) -> bool:
-        return bool(self.dirty or self.raised or self.cleared or self.peaked)
+        return bool(self.dirty or self.raised or self.cleared or self.peaked or self.events)
 
     def merge(self, other: Changes) -> Changes:
         self.dirty.update(other.dirty)
         self.raised.extend(other.raised)
         self.cleared.extend(other.cleared)
         self.peaked.extend(other.peaked)
+        self.events.extend(other.events)
+        self.opened |= other.opened
         return self
 
 
@@ -249,17 +255,22 @@ class Engine:
                cond: Cond, ts: float, rx: float, *, value: float, sensor_id: int | None = None,
                gateway_id: int | None = None, detail: dict) -> Episode:
         ep = self.episodes.get((site_id, cause.name))
+        if key in (ep.alarms if ep is not None else ()):  # already active (e.g. restored)
+            return ep
         if ep is None:
             ep = Episode(site_id, site_grade, cause, opened_at=ts, active_since_rx=rx)
             self.episodes[(site_id, cause.name)] = ep
+            changes.events.append((ep, "raised", {}))
+            changes.opened.add(id(ep))
         elif not ep.active:
             ep.active, ep.count, ep.active_since_rx, ep.cleared_at = True, ep.count + 1, rx, None
-        if key in ep.alarms:  # already active (e.g. restored): nothing new
-            return ep
+            changes.events.append((ep, "reactivated", {"count": ep.count}))
+            changes.opened.add(id(ep))
         alarm = Alarm(ep, cond, ts, value, sensor_id=sensor_id, gateway_id=gateway_id, detail=detail,
                       peak_value=value)
         ep.alarms[key] = alarm
         changes.raised.append(alarm)
+        changes.events.append((ep, "alarm_raised", _alarm_detail(alarm)))
         self._peak(ep, cond, value, sensor_id)
         if cond in (Cond.TREND_HH, Cond.TREND_LL) and detail:
             ep.detail["trend"] = {**detail, "sensor_id": sensor_id}
@@ -275,8 +286,10 @@ class Engine:
             return None
         alarm.cleared_at = ts
         changes.cleared.append(alarm)
+        changes.events.append((ep, "alarm_cleared", _alarm_detail(alarm)))
         if not ep.alarms:
             ep.active, ep.cleared_at = False, ts
+            changes.events.append((ep, "cleared", {}))
         changes.touch(ep)
         return ep
 
@@ -293,6 +306,8 @@ class Engine:
         active = [ActiveCondition(a.source, self._equipment(a), a.cond) for a in ep.alarms.values()]
         level = grade(ep.cause, ep.site_grade, active, now - ep.active_since_rx)
         if level is not None and level > ep.level:
+            if id(ep) not in changes.opened:
+                changes.events.append((ep, "level_up", {"from": int(ep.level), "to": int(level)}))
             ep.level = level
             changes.touch(ep)
 
@@ -320,5 +335,25 @@ class Engine:
                 elif alarm.sensor_id in self.slot_of:
                     self.state.set_active(self.slot_of[alarm.sensor_id], alarm.cond, True)
 
+    def forget(self, warning_id: int) -> bool:
+        """A warning was closed (闭环): the next condition of its site and cause opens a new
+        episode. An active episode is kept (closing needs the condition cleared first)."""
+        for key, ep in self.episodes.items():
+            if ep.id == warning_id and not ep.active:
+                del self.episodes[key]
+                return True
+        return False
+
     def cause(self, site_kind: str, name: str) -> CauseSpec | None:
         return next((c for c in self.packs[site_kind].causes if c.name == name), None)
+
+
+def _alarm_detail(alarm: Alarm) -> dict:
+    out: dict = {"condition": str(alarm.cond)}
+    if alarm.sensor_id is not None:
+        out["sensor_id"] = alarm.sensor_id
+    else:
+        out["gateway_id"] = alarm.gateway_id
+    if alarm.value == alarm.value:
+        out["value"] = float(alarm.value)
+    return out

@@ -232,3 +232,30 @@ def test_levels_never_fall_within_an_episode_and_alarms_alternate(points, ticks)
         for ep in e.episodes.values():
             assert ep.level >= seen.get(id(ep), Level.BLUE)
             seen[id(ep)] = ep.level
+
+
+def overfill(ch: Changes) -> list[str]:
+    """Actions on the overfill warning (a fast drop also opens low_level: rate of fall)."""
+    return [action for ep, action, _ in ch.events if ep.cause.name == "overfill"]
+
+
+def test_changes_say_what_happened_for_the_audit_trail():
+    e = engine()
+    ch = feed(e, [(1, 0, 16.5), (1, 10, 16.6)])
+    assert [(a, d.get("condition")) for _, a, d in ch.events] == [("raised", None), ("alarm_raised", "h")]
+    assert ch.events[0][0].cause.name == "overfill"
+    ch = feed(e, [(2, 20, 16.5), (2, 30, 16.6)])     # agreement: yellow → orange
+    assert overfill(ch) == ["alarm_raised", "level_up"]
+    assert ch.events[-1][2] == {"from": int(Level.YELLOW), "to": int(Level.ORANGE)}
+    ch = feed(e, [(s, t, 10.0) for t in range(40, 90, 10) for s in (1, 2)])
+    assert overfill(ch) == ["alarm_cleared", "alarm_cleared", "cleared"]
+    ep = episode(e, "overfill")
+    ch = feed(e, [(1, 100, 16.5), (1, 110, 16.6)])
+    assert overfill(ch) == ["reactivated", "alarm_raised"]
+    # closed by an officer (after it cleared): the next condition opens a new episode
+    feed(e, [(1, t, 10.0) for t in range(120, 170, 10)])
+    ep.id = 5
+    assert e.forget(5)
+    ch = feed(e, [(1, 200, 16.5), (1, 210, 16.6)])
+    assert overfill(ch)[0] == "raised" and "reactivated" not in overfill(ch)  # (+ trend_hh: a jump)
+    assert episode(e, "overfill") is not ep and episode(e, "overfill").count == 1
