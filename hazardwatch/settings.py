@@ -66,6 +66,54 @@ class HttpSettings(BaseModel):
     port: int = 8080
 
 
+LevelName = Literal["blue", "yellow", "orange", "red"]
+
+
+class EscalationSettings(BaseModel):
+    """Ladder 提示 (on raise) → 警示 (not acknowledged in time) → 督办 (not disposed in time).
+
+    No national time limits were found (STANDARDS.md): these are chosen defaults, per level."""
+
+    ack_s: dict[LevelName, float] = {"red": 300, "orange": 900, "yellow": 3600, "blue": 4 * 3600}
+    dispose_s: dict[LevelName, float] = {"red": 3600, "orange": 4 * 3600, "yellow": 24 * 3600,
+                                         "blue": 72 * 3600}
+    tick_s: float = Field(default=5.0, gt=0)
+
+
+class ReceiverSettings(BaseModel):
+    """One notification receiver. type picks the module in alerting/receivers/."""
+
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,32}$")
+    type: Literal["webhook", "dingtalk", "wecom", "feishu", "mqtt", "alertmanager"]
+    url: str | None = None                 # webhook / robot / Alertmanager base URL
+    secret: SecretStr | None = None        # HMAC key (webhook) or robot signing secret
+    topic: str = "hw/v1/northbound/warnings"  # mqtt: topic prefix
+    min_level: LevelName = "blue"          # route: only warnings at or above this level
+    actions: list[str] = ["raised", "reactivated", "level_up", "escalated", "cleared", "closed"]
+    timeout_s: float = Field(default=5.0, gt=0)
+    max_attempts: int = Field(default=10, ge=1)
+
+
+class AlertingSettings(BaseModel):
+    enabled: bool = True                   # lifecycle ticker + outbox dispatcher in `serve`
+    escalation: EscalationSettings = EscalationSettings()
+    receivers: list[ReceiverSettings] = []
+    dispatch_interval_s: float = Field(default=1.0, gt=0)
+    retry_base_s: float = Field(default=2.0, gt=0)    # back-off: base × 2^attempt, capped
+    retry_max_s: float = Field(default=300.0, gt=0)
+    max_shelve_s: float = Field(default=7 * 24 * 3600, gt=0)
+    chatter_n: int = Field(default=3, ge=2)           # EEMUA 191: >= 3 in 1 minute
+    chatter_window_s: float = Field(default=60.0, gt=0)
+    console_url: str = "http://127.0.0.1:8080"        # links in notifications
+
+
+class AuthSettings(BaseModel):
+    token_ttl_s: int = Field(default=12 * 3600, ge=60)
+    login_attempts: int = Field(default=5, ge=1)      # per username and client per window
+    login_window_s: int = Field(default=300, ge=1)
+    cookie_secure: bool = False                       # set true behind TLS
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HW_",
@@ -81,6 +129,8 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     rules: RulesSettings = RulesSettings()
     http: HttpSettings = HttpSettings()
+    alerting: AlertingSettings = AlertingSettings()
+    auth: AuthSettings = AuthSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -119,6 +169,9 @@ def masked(settings: Settings) -> dict[str, Any]:
     data["database_url"] = _mask_dsn(settings.dsn())
     if settings.mqtt.password is not None:
         data["mqtt"]["password"] = "********"
+    for receiver in data["alerting"]["receivers"]:
+        if receiver.get("secret") is not None:
+            receiver["secret"] = "********"
     return data
 
 
