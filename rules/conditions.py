@@ -318,7 +318,7 @@ def _trend(state: State, params: Params, out: _Out, idx, ts, v) -> None:
     idx, ts, v = _subset(on, idx, ts, v)
     slope, fitted, ready = state.trend_fit.update(idx, ts, v, params.trend_tau_s[idx])
     lead = params.trend_lead_s[idx]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # tiny slope: inf, fine
         for cond, lim, toward in ((Cond.TREND_HH, params.hh[idx], slope > 0),
                                   (Cond.TREND_LL, params.ll[idx], slope < 0)):
             act = state.flags[COND_INDEX[cond]][idx]
