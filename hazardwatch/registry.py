@@ -35,6 +35,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from hazardwatch import yamlfile
 from hazardwatch.db import connect_sync
 
 # ---------------------------------------------------------------------------- credit codes
@@ -199,42 +200,7 @@ def _limit_issues(limits: Limits, rng: tuple[float, float] | None) -> list[tuple
 # ---------------------------------------------------------------------------- YAML with lines
 
 
-class _Map(dict):
-    """A YAML mapping that remembers its line and each key's line, for error messages."""
-
-    line: int = 0
-    key_lines: dict[Any, int]
-
-
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """Safe YAML that rejects duplicate keys (one would silently win) and keeps lines."""
-
-
-def _construct_map(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _Map:
-    lines: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            first = lines.get(key)
-        except TypeError:
-            raise yaml.constructor.ConstructorError(
-                None, None, "a mapping key must be a plain value", key_node.start_mark) from None
-        if first is not None:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first on line {first})", key_node.start_mark)
-        lines[key] = key_node.start_mark.line + 1
-    loader.flatten_mapping(node)  # "<<: *defaults" merges; explicit keys win
-    result = _Map()
-    result.line, result.key_lines = node.start_mark.line + 1, lines
-    for key_node, value_node in node.value:
-        result[loader.construct_object(key_node, deep=True)] = loader.construct_object(
-            value_node, deep=True)
-    return result
-
-
-_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+_Map = yamlfile.Map
 
 
 def read_yaml(path: Path) -> Any:
@@ -244,7 +210,7 @@ def read_yaml(path: Path) -> Any:
     except OSError as exc:
         raise RegistryError([f"cannot read {path}: {exc.strerror or exc}"]) from exc
     try:
-        data = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+        data = yamlfile.load(text)
     except yaml.MarkedYAMLError as exc:
         mark, start = exc.problem_mark, exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

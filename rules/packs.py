@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from hazardwatch import yamlfile
 from rules.model import (
     FAULT_CONDS,
     INTERRUPTION_CONDS,
@@ -468,37 +469,7 @@ def check_sensor(pack: Pack, spec: SensorSpec) -> list[Issue]:
 # ---------------------------------------------------------------------------- loading
 
 
-class _Map(dict):
-    """A YAML mapping that remembers its line and each key's line."""
-
-    line: int = 0
-    key_lines: dict[Any, int]
-
-
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """Safe YAML; duplicate keys are errors (one would silently win); lines are kept."""
-
-
-def _construct_map(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _Map:
-    loader.flatten_mapping(node)
-    result = _Map()
-    result.line, result.key_lines = node.start_mark.line + 1, {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            first = result.key_lines.get(key)
-        except TypeError:
-            raise yaml.constructor.ConstructorError(
-                None, None, "a mapping key must be a plain value", key_node.start_mark) from None
-        if first is not None:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first on line {first})", key_node.start_mark)
-        result.key_lines[key] = key_node.start_mark.line + 1
-        result[key] = loader.construct_object(value_node, deep=True)
-    return result
-
-
-_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+_Map = yamlfile.Map
 
 
 class _File:
@@ -768,7 +739,7 @@ def parse_pack(path: Path) -> tuple[Pack | None, list[str]]:
     """One pack file → (the pack or None, its errors)."""
     f = _File(path.name)
     try:
-        data = yaml.load(path.read_bytes(), Loader=_Loader)  # a SafeLoader subclass
+        data = yamlfile.load(path.read_bytes())
     except OSError as exc:
         return None, [f"{path.name}: cannot read: {exc.strerror or exc}"]
     except yaml.MarkedYAMLError as exc:
