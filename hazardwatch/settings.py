@@ -92,6 +92,9 @@ class ReceiverSettings(BaseModel):
     actions: list[str] = ["raised", "reactivated", "level_up", "escalated", "cleared", "closed"]
     timeout_s: float = Field(default=5.0, gt=0)
     max_attempts: int = Field(default=10, ge=1)
+    username: str | None = None            # mqtt: broker user (password in `secret`)
+    client_id: str | None = None           # mqtt: default hw-northbound-<name>
+    resend_s: float = Field(default=60.0, gt=0)  # alertmanager: re-send firing alerts this often
 
 
 class AlertingSettings(BaseModel):
