@@ -202,10 +202,76 @@ def rules_explain(settings: Settings, tag: str, enterprise: str | None,
         click.echo(line)
 
 
+@main.group("user")
+def user_group() -> None:
+    """People who sign in to the API and console (officers, enterprises, admins)."""
+
+
+@user_group.command("add")
+@click.argument("username")
+@click.option("--role", required=True, type=click.Choice(["officer", "enterprise", "admin"]),
+              help="officer: a region and its children; enterprise: its own; admin: all")
+@click.option("--region", help="officer: the region code they supervise")
+@click.option("--enterprise", help="enterprise user: the enterprise's code (统一社会信用代码)")
+@click.option("--name", "display_name", help="the name shown in the console")
+@click.option("--password-stdin", is_flag=True,
+              help="read the password from standard input (first line) instead of prompting")
+@click.pass_obj
+def user_add(settings: Settings, username: str, role: str, region: str | None,
+             enterprise: str | None, display_name: str | None, password_stdin: bool) -> None:
+    """Add a user; the password is hashed (argon2id), never stored or shown."""
+    from alerting.api.users import UserError, add_user, check_password
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        check_password(password)
+        user_id = add_user(settings.dsn(), username, password, role, region=region,
+                           enterprise=enterprise, display_name=display_name)
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+    scope = {"officer": f" of region {region}", "enterprise": f" of enterprise {enterprise}"}
+    click.echo(f"added user {username} (id {user_id}): {role}{scope.get(role, '')}")
+
+
+@user_group.command("list")
+@click.pass_obj
+def user_list(settings: Settings) -> None:
+    """List users, their role and scope, and how many live tokens they hold."""
+    from alerting.api.users import list_users
+
+    rows = list_users(settings.dsn())
+    if not rows:
+        click.echo("no users (add one with: hazardwatch user add NAME --role admin)")
+        return
+    click.echo(f"{'username':<24} {'role':<10} {'scope':<20} {'tokens':>6}  status  name")
+    for u in rows:
+        scope = u.region or u.enterprise or "all"
+        status = "disabled" if u.disabled else "active"
+        click.echo(f"{u.username:<24} {u.role:<10} {scope:<20} {u.tokens:>6}  {status:<7} "
+                   f"{u.display_name or ''}")
+
+
+@user_group.command("disable")
+@click.argument("username")
+@click.pass_obj
+def user_disable(settings: Settings, username: str) -> None:
+    """Disable a user: they cannot sign in, and their tokens stop working at once."""
+    from alerting.api.users import UserError, disable_user
+
+    try:
+        revoked = disable_user(settings.dsn(), username)
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"disabled user {username} ({revoked} token(s) revoked)")
+
+
 @main.command()
 @click.pass_obj
 def serve(settings: Settings) -> None:
-    """Run the pipeline: MQTT collectors, storage, HTTP (/metrics, /healthz, /readyz)."""
+    """Run the pipeline: MQTT collectors, storage, rules, alerting; HTTP API and console."""
     from hazardwatch.app import run
 
     run(settings)
