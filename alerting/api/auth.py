@@ -28,7 +28,7 @@ import math
 import re
 import secrets
 from collections import deque
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from argon2 import PasswordHasher
@@ -330,3 +330,21 @@ async def logout(request: Request, principal: Principal = User) -> Response:
 @router.get("/me", response_model=UserOut, summary="The signed-in user")
 async def me(principal: Principal = User) -> dict:
     return principal.user_out()
+
+
+def time_range(api: Api, from_: datetime | None, to: datetime | None, default_span: timedelta,
+               max_span: timedelta | None = None) -> tuple[datetime, datetime]:
+    """A query's [from, to): zone-aware, ordered, bounded; `to` defaults to now."""
+    for name, value in (("from", from_), ("to", to)):
+        if value is not None and value.tzinfo is None:
+            raise HTTPException(422, f"{name} must carry a time zone (RFC 3339, e.g. …Z)")
+    until = to or api.now()
+    try:
+        since = from_ or until - default_span
+    except OverflowError:
+        raise HTTPException(422, "to is out of range") from None
+    if since >= until:
+        raise HTTPException(422, "from must be before to")
+    if max_span is not None and until - since > max_span:
+        raise HTTPException(422, f"the range may span at most {max_span.days} days")
+    return since, until

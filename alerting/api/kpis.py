@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 
-from alerting.api.auth import User, get_api
+from alerting.api.auth import User, get_api, time_range
 from alerting.api.schemas import KpisOut
 from alerting.api.scope import Principal, narrowed
 
@@ -31,18 +31,7 @@ async def get_kpis(
     from alerting.kpis import kpis
 
     api = get_api(request)
-    for name, value in (("from", from_), ("to", to)):
-        if value is not None and value.tzinfo is None:
-            raise HTTPException(422, f"{name} must carry a time zone (RFC 3339, e.g. …Z)")
-    until = to or api.now()
-    try:
-        since = from_ or until - DEFAULT_SPAN
-    except OverflowError:
-        raise HTTPException(422, "to is out of range") from None
-    if since >= until:
-        raise HTTPException(422, "from must be before to")
-    if until - since > MAX_SPAN:
-        raise HTTPException(422, f"the range may span at most {MAX_SPAN.days} days")
+    since, until = time_range(api, from_, to, DEFAULT_SPAN, MAX_SPAN)
     alerting = api.settings.alerting
     async with api.pool.connection() as conn:
         ids = await narrowed(conn, principal, region)

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from psycopg.rows import dict_row
 
-from alerting.api.auth import User, get_api
+from alerting.api.auth import User, get_api, time_range
 from alerting.api.schemas import ReadingsOut
 from alerting.api.scope import Principal
 
@@ -80,17 +80,7 @@ async def sensor_readings(
     from alerting.notification import sensor_from_row
 
     api = get_api(request)
-    for name, value in (("from", from_), ("to", to)):
-        if value is not None and value.tzinfo is None:
-            raise HTTPException(422,
-                                f"{name} must carry a time zone (RFC 3339, e.g. …Z)")
-    until = to or api.now()
-    try:
-        since = from_ or until - DEFAULT_SPAN
-    except OverflowError:
-        raise HTTPException(422, "to is out of range") from None
-    if since >= until:
-        raise HTTPException(422, "from must be before to")
+    since, until = time_range(api, from_, to, DEFAULT_SPAN)
     chosen = pick_resolution(until - since) if resolution == "auto" else resolution
     async with api.pool.connection() as conn:
         allowed = await principal.enterprise_ids(conn)
