@@ -268,6 +268,280 @@ def user_disable(settings: Settings, username: str) -> None:
     click.echo(f"disabled user {username} ({revoked} token(s) revoked)")
 
 
+def _speed(text: str) -> float:
+    if text.strip().lower() in ("max", "0"):
+        return 0.0
+    try:
+        value = float(text.rstrip("xX×"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: a number (e.g. 100) or max", param_hint="--speed") from None
+    if value < 0:
+        raise click.BadParameter("must be ≥ 0 (0 or max: as fast as possible)", param_hint="--speed")
+    return value
+
+
+def _time_ms(text: str | None, option: str) -> int | None:
+    from simulators.replay import parse_ts
+
+    if text is None:
+        return None
+    try:
+        return parse_ts(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+_PASSWORD_OPTION = click.option(
+    "--password", envvar="HW_GATEWAY_PASSWORD", show_envvar=True,
+    help="MQTT password of the gateways (one for all)")
+
+
+@main.command()
+@click.argument("source")
+@click.option("--speed", default="1", show_default=True,
+              help="N× real time: inter-arrival times divided by N; 0 or max = as fast as possible")
+@click.option("--shift-to-now", is_flag=True, help="move the first reading to now (all keep their spacing)")
+@click.option("--tag", "tags", multiple=True,
+              help="one-series CSV: the tag of its values; long CSV or db: only these tags (repeatable)")
+@click.option("--enterprise", help="publish as this enterprise (统一社会信用代码); db: only this enterprise")
+@click.option("--gateway", help="publish everything as this gateway (default: each tag's gateway in the registry)")
+@click.option("--from", "start", help="db: first instant (RFC 3339 or epoch ms), inclusive")
+@click.option("--to", "end", help="db: last instant (RFC 3339 or epoch ms), exclusive")
+@_PASSWORD_OPTION
+@click.option("--credentials", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="file of username:password lines, one per gateway")
+@click.pass_obj
+def replay(settings: Settings, source: str, speed: str, shift_to_now: bool, tags: tuple[str, ...],
+           enterprise: str | None, gateway: str | None, start: str | None, end: str | None,
+           password: str | None, credentials: Path | None) -> None:
+    """Replay a CSV or a stored time range over MQTT, as the gateways that measured it.
+
+    SOURCE is a CSV with one series (timestamp,value; give its --tag), a CSV in long form
+    (ts,tag,value), or db: for stored readings between --from and --to. Timestamps are
+    epoch milliseconds or RFC 3339 with an offset. Bad rows are reported and skipped
+    (exit status 1 after the good rows are replayed)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from simulators import replay as rp
+    from simulators.mqttout import GatewayPublisher, PublishError
+
+    factor = _speed(speed)
+    if gateway and not enterprise:
+        raise click.UsageError("--gateway needs --enterprise")
+    try:
+        if source.startswith("db:"):
+            t_from, t_to = _time_ms(start, "--from"), _time_ms(end, "--to")
+            if t_from is None or t_to is None:
+                raise click.UsageError("db: needs --from and --to")
+            if t_to <= t_from:
+                raise click.UsageError("--to must be after --from")
+            src = rp.read_db(source[3:] or settings.dsn(), t_from, t_to, tags, enterprise)
+        else:
+            if start or end:
+                raise click.UsageError("--from/--to apply to db: sources only")
+            src = rp.read_csv(Path(source), tags)
+        for line in rp.iter_lines(src.errors, source):
+            click.echo(line, err=True)
+        if gateway:
+            def where(r):
+                return (enterprise, gateway)
+        else:
+            unmapped = {r.tag for r in src.readings if r.gateway is None}
+            mapping = rp.registry_gateways(settings.dsn(), unmapped, enterprise) if unmapped else {}
+
+            def where(r):
+                return (r.enterprise, r.gateway) if r.gateway else mapping[r.tag]
+        groups = rp.schedule(src.readings, where)
+        creds = rp.read_credentials(credentials) if credentials else {}
+    except rp.ReplayError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    def connect(ent: str, gw: str) -> GatewayPublisher:
+        user = f"{ent}/{gw}"
+        secret = creds.get(user, password)
+        if secret is None:
+            raise click.ClickException(f"no password for gateway {user}: give --password "
+                                       "(or HW_GATEWAY_PASSWORD) or --credentials")
+        return GatewayPublisher(settings.mqtt.host, settings.mqtt.port, ent, gw, secret,
+                                client_id=f"{user}-replay", tls_ca=settings.mqtt.tls_ca).connect()
+
+    total = sum(len(g.values) for g in groups)
+    console = Console(stderr=True)
+    with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("readings"),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        task = bar.add_task("replay", total=total)
+        try:
+            summary = rp.replay(groups, connect, speed=factor, shift_to_now=shift_to_now,
+                                progress=lambda n: bar.advance(task, n))
+        except PublishError as exc:
+            raise click.ClickException(str(exc)) from exc
+    eff = summary.effective_speed
+    click.echo(f"replayed {summary.readings:,} readings in {summary.messages:,} messages from "
+               f"{summary.gateways} gateway(s) in {summary.duration_s:.2f} s; source span "
+               f"{summary.span_ms / 1000:.1f} s, effective speed "
+               + (f"{eff:,.1f}x" if eff is not None else "n/a"))
+    if src.errors:
+        click.echo(f"{len(src.errors)} bad row(s) skipped (listed above)", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--rate", type=click.FloatRange(min=1), default=10_000, show_default=True,
+              help="target readings/s, all processes together")
+@click.option("--duration", type=click.FloatRange(min=0.1), default=10, show_default=True, help="seconds")
+@click.option("--gateways", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--sensors", type=click.IntRange(min=1), default=50, show_default=True,
+              help="sensors per gateway")
+@click.option("--processes", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="picks the synthetic enterprise codes (separate fleets per seed)")
+@click.option("--registry-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="write the fleet's registry YAML (for hazardwatch registry import)")
+@click.option("--credentials-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="write username:password lines (mosquitto_passwd -U input)")
+@click.option("--write-only", is_flag=True, help="write the files and exit without publishing")
+@_PASSWORD_OPTION
+@click.pass_obj
+def loadgen(settings: Settings, rate: float, duration: float, gateways: int, sensors: int,
+            processes: int, seed: int, registry_out: Path | None, credentials_out: Path | None,
+            write_only: bool, password: str | None) -> None:
+    """Publish a synthetic fleet at a target rate from several processes; report the
+    broker-acknowledged readings/s per process and in total."""
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from simulators.loadgen import Fleet, LoadGen
+
+    fleet = Fleet.synthetic(gateways, sensors, seed=seed)
+    if registry_out:
+        fleet.write_registry(registry_out)
+        click.echo(f"wrote {registry_out}: {gateways} gateways x {sensors} sensors")
+    if credentials_out:
+        if password is None:
+            raise click.UsageError("--credentials-out needs --password (or HW_GATEWAY_PASSWORD)")
+        fleet.write_credentials(credentials_out, password)
+        click.echo(f"wrote {credentials_out}")
+    if write_only:
+        return
+    if password is None:
+        raise click.UsageError("give the gateways' --password (or HW_GATEWAY_PASSWORD)")
+    gen = LoadGen(fleet, settings.mqtt.host, settings.mqtt.port, password, rate=rate,
+                  duration=duration, processes=processes)
+    try:
+        target = int(rate * duration)
+        with Progress(TextColumn("loadgen"), BarColumn(), MofNCompleteColumn(), TextColumn("acked"),
+                      TimeElapsedColumn(), console=Console(stderr=True)) as bar:
+            task = bar.add_task("loadgen", total=target)
+            while gen.running:
+                bar.update(task, completed=min(gen.acked.value, target))
+                time.sleep(0.2)
+            result = gen.wait(timeout=30)
+            bar.update(task, completed=min(result.acked, target))
+    finally:
+        gen.stop()
+    click.echo(f"{'process':>7} {'gateways':>8} {'sent':>12} {'acked':>12} {'seconds':>8} {'acked/s':>12}")
+    for p in result.processes:
+        click.echo(f"{p.index:>7} {p.gateways:>8} {p.sent:>12,} {p.acked:>12,} {p.elapsed_s:>8.2f} "
+                   f"{p.rate:>12,.0f}")
+    click.echo(f"{'total':>7} {gateways:>8} {result.sent:>12,} {result.acked:>12,} "
+               f"{result.elapsed_s:>8.2f} {result.total_rate:>12,.0f}")
+    click.echo(f"target {rate:,.0f} readings/s, achieved {result.total_rate:,.0f} readings/s "
+               f"({result.total_rate / rate:.0%}), broker-acknowledged")
+    for err in result.errors:
+        click.echo(err, err=True)
+    if result.errors:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("scenario")
+@click.option("--speed", type=float, help="N× real time (default: the scenario's speed)")
+@click.option("--registry-only", is_flag=True, help="import the fleet's registry and stop")
+@click.option("--truth", "truth_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="write the ground truth JSON here (default: <scenario>.truth.json)")
+@click.option("--registry-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="also write the fleet's registry YAML here")
+@click.option("--passwords", "passwords_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML/JSON mapping of MQTT username (<code>/<gateway>) to password")
+@click.option("--password", envvar="HW_SIM_GATEWAY_PASSWORD",
+              help="one MQTT password for every gateway (env HW_SIM_GATEWAY_PASSWORD)")
+@click.pass_obj
+def simulate(settings: Settings, scenario: str, speed: float | None, registry_only: bool,
+             truth_file: Path | None, registry_out: Path | None, passwords_file: Path | None,
+             password: str | None) -> None:
+    """Publish a scenario (scenarios/NAME.yaml or a file) live over MQTT as its gateways."""
+    import signal
+    import tempfile
+    import threading
+    import time
+
+    import yaml
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from hazardwatch.registry import RegistryError, import_file
+    from simulators import publish as pub
+    from simulators.scenario import ScenarioError, load, shift_base
+
+    try:
+        sc = load(scenario)
+    except (ScenarioError, OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    console = Console()
+    speed = float(speed or sc.speed)
+    with tempfile.TemporaryDirectory() as tmp:
+        reg_path = registry_out or Path(tmp) / "registry.yaml"
+        reg_path.write_text(sc.registry_yaml(), encoding="utf-8")
+        try:
+            summary = import_file(settings.dsn(), reg_path)
+        except RegistryError as exc:
+            raise click.ClickException("registry: " + "; ".join(exc.errors)) from exc
+    console.print(f"registry: {summary.describe()}")
+    if registry_only:
+        return
+    base = shift_base(sc.duration, speed, time.time())
+    truth_path = truth_file or Path(f"{sc.name}.truth.json")
+    truth_path.write_bytes(sc.truth_json(base))
+    console.print(f"ground truth: {truth_path} ({len(sc.truth())} entries)")
+    mapping = yaml.safe_load(passwords_file.read_text()) if passwords_file else None
+    lookup = pub.password_lookup(mapping, password)
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    last = [0.0]
+    try:
+        with Progress(TextColumn(f"{sc.name} ×{speed:g}"), BarColumn(),
+                      TextColumn("{task.fields[msgs]} msgs {task.fields[rd]} readings"),
+                      TimeRemainingColumn(), console=console) as bar:
+            task = bar.add_task("publish", total=sc.duration, msgs=0, rd=0)
+
+            def progress(done: float, s: pub.Summary) -> None:
+                now = time.monotonic()
+                if now - last[0] > 0.1 or done >= sc.duration:
+                    last[0] = now
+                    bar.update(task, completed=done, msgs=s.messages, rd=s.readings)
+
+            try:
+                result = pub.publish(sc, host=settings.mqtt.host, port=settings.mqtt.port,
+                                     passwords=lookup, speed=speed, stop=stop, base_epoch=base,
+                                     progress=progress)
+            except (ConnectionError, KeyError, OSError) as exc:
+                raise click.ClickException(str(exc)) from exc
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    table = Table(title=f"{sc.name}: {'stopped' if result.stopped else 'done'}")
+    for col in ("gateway", "messages", "readings", "malformed", "link drops"):
+        table.add_column(col, justify="left" if col == "gateway" else "right")
+    for user, st in result.gateways.items():
+        table.add_row(user, str(st.messages), str(st.readings), str(st.malformed), str(st.drops))
+    table.add_row("total", str(result.messages), str(result.readings), "", "")
+    console.print(table)
+
+
 @main.command()
 @click.pass_obj
 def serve(settings: Settings) -> None:
