@@ -543,6 +543,93 @@ def simulate(settings: Settings, scenario: str, speed: float | None, registry_on
 
 
 @main.command()
+@click.argument("scenario")
+@click.option("--offline", is_flag=True,
+              help="straight through the rule engine, in event time (required for now)")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="also write the scores as JSON here ('-' for stdout)")
+@click.option("--grace", default="30m", show_default=True,
+              help="a warning raised up to this long after an incident's end still detects it")
+@click.option("--chunk", default="60s", show_default=True,
+              help="feed the engine this much send time at once (rx = the chunk's end)")
+@click.option("--batch-readings", type=int,
+              help="readings per gateway message (default: as `simulate` publishes; 1 = every instant)")
+def evaluate(scenario: str, offline: bool, json_file: Path | None, grace: str, chunk: str,
+             batch_readings: int | None) -> None:
+    """Score a scenario's warnings against its ground truth: recall, precision, detection
+    delay, level accuracy, false warnings per site-day and the most warnings raised in any
+    10 minutes (EEMUA 191 flood line: 10).
+
+    Only --offline exists yet (the scenario straight through the rule engine, much faster
+    than real time); running it live through the pipeline is a later task."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from simulators.evaluate import FLOOD_LINE
+    from simulators.evaluate import evaluate as run_evaluation
+    from simulators.scenario import ScenarioError, load, seconds
+
+    if not offline:
+        raise click.UsageError("only --offline is implemented yet (evaluation through the live "
+                               "pipeline is a later task): run `hazardwatch evaluate "
+                               f"{scenario} --offline`")
+    try:
+        sc = load(scenario)
+        grace_s, chunk_s = seconds(grace, "--grace"), seconds(chunk, "--chunk")
+    except (ScenarioError, OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if chunk_s <= 0:
+        raise click.BadParameter("must be positive", param_hint="--chunk")
+    console = Console(stderr=json_file == Path("-"))
+    with Progress(TextColumn(f"{sc.name} offline"), BarColumn(), TimeRemainingColumn(),
+                  console=console, transient=True, disable=sc.duration < 6 * 3600) as bar:
+        task = bar.add_task("evaluate", total=sc.duration)
+        result, run = run_evaluation(sc, grace_s=grace_s, chunk_s=chunk_s,
+                                     batch_readings=batch_readings,
+                                     progress=lambda done: bar.update(task, completed=done))
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}"
+
+    table = Table(title=f"{sc.name}: incidents")
+    for col in ("site", "cause", "source", "window", "detected", "delay", "level (expected)"):
+        table.add_column(col)
+    for m in result.matches:
+        t = m.truth
+        table.add_row(t.site, t.cause, t.source, f"{t.start_s / 60:g}-{t.end_s / 60:g} min",
+                      "yes" if m.detected else "[red]no[/red]",
+                      "-" if m.delay_s is None else f"{m.delay_s:.0f} s",
+                      f"{m.level_found or '-'} ({t.level})" + ("" if m.level_ok else " [red]✗[/red]"))
+    console.print(table)
+    d = result.delays
+    summary = Table(title=f"{sc.name}: scores")
+    summary.add_column("measure")
+    summary.add_column("value", justify="right")
+    flood = result.max_per_10min
+    for name, value in (
+            ("recall", pct(result.recall)), ("precision", pct(result.precision)),
+            ("detection delay mean / max", f"{sum(d) / len(d):.0f} / {max(d):.0f} s" if d else "-"),
+            ("level accuracy", pct(result.level_accuracy)),
+            ("warnings (matched / false)",
+             f"{result.warnings} ({result.matched_warnings} / {result.false_warnings})"),
+            ("false per site-day", f"{result.false_per_site_day:.3g} ({result.site_days:.3g} site-days)"),
+            ("max raised in 10 min", f"{flood}" + (" [red]> flood line[/red]" if flood > FLOOD_LINE else "")),
+            ("readings / malformed messages", f"{run.readings} / {run.malformed}")):
+        summary.add_row(name, value)
+    console.print(summary)
+    if json_file is not None:
+        doc = {"scenario": sc.name, "mode": "offline", "grace_s": grace_s, "chunk_s": chunk_s,
+               "batch_readings": batch_readings, "readings": run.readings,
+               "malformed": run.malformed, **result.as_dict()}
+        data = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+        if json_file == Path("-"):
+            sys.stdout.buffer.write(data + b"\n")
+        else:
+            json_file.write_bytes(data + b"\n")
+
+
+@main.command()
 @click.pass_obj
 def serve(settings: Settings) -> None:
     """Run the pipeline: MQTT collectors, storage, rules, alerting; HTTP API and console."""

@@ -42,6 +42,10 @@ from simulators.faults import (
 from simulators.models import INCIDENTS, SITE_KINDS, Incident, SiteSpec, make_site, simulate_site
 
 BATCH_READINGS = 50
+# A gateway publishes each scan as it takes it: a message closes at 50 readings or when the
+# next instant is this much later (batching by count alone would hold a small gateway's
+# readings for minutes and trip no_data, which runs on processing time).
+BATCH_SECONDS = 1.0
 _DUR = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|min|m|h|d))+$")
 _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|min|m|h|d)")
 _UNIT = {None: 1, "ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
@@ -201,9 +205,9 @@ class Scenario:
         return [(e.code, gid, s) for e in self.enterprises for s in e.sites for gid in s.gateways.values()]
 
     def messages(self, enterprise: str, gateway: str, base_epoch: float) -> list[Message]:
-        """The gateway's plan: native reading batches of about 50 readings (all tags of an
-        instant in one group, groups batched), with gateway faults applied; `ts` is
-        base_epoch + scenario time."""
+        """The gateway's plan: native reading batches (all tags of an instant in one group;
+        a message closes at BATCH_READINGS readings or BATCH_SECONDS after its first instant),
+        with gateway faults applied; `ts` is base_epoch + scenario time."""
         site = next(s for e, g, s in self.gateways() if e == enterprise and g == gateway)
         role = next(r for r, g in site.gateways.items() if g == gateway)
         tags = [x.tag for x in site.sensors if x.gateway == role]
@@ -215,8 +219,14 @@ class Scenario:
         index = {tag: dict(zip(data[tag][0].tolist(), data[tag][1].tolist(), strict=True)) for tag in tags}
         messages: list[Message] = []
         batch: list[dict] = []
-        count = 0
+        count, first, last = 0, 0.0, 0.0
         for ts in all_t.tolist():
+            if batch and ts - first >= BATCH_SECONDS:
+                messages.append(Message(last, orjson.dumps(batch), count))
+                batch, count = [], 0
+            if not batch:
+                first = ts
+            last = ts
             values = {tag: index[tag][ts] for tag in tags if ts in index[tag]}
             stamp = ts + sum(float(f.params.get("offset_s", 120)) for f in skews
                              if f.at <= ts < f.at + f.duration)
