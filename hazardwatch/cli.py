@@ -78,6 +78,26 @@ def migrate(settings: Settings) -> None:
         click.echo("up to date")
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print the checks as JSON")
+@click.option("--max-skew", default=2.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="seconds of clock difference to the database server that count as a fault")
+@click.pass_obj
+def doctor(settings: Settings, as_json: bool, max_skew: float) -> None:
+    """Check database, migrations, TimescaleDB, clocks, broker, registry, outbox; exit 1 on FAIL."""
+    from hazardwatch.doctor import run
+
+    report = run(settings, skew_limit_s=max_skew)
+    if as_json:
+        click.echo(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        colours = {"OK": "green", "WARN": "yellow", "FAIL": "red", "SKIP": "bright_black"}
+        for check in report.checks:
+            click.echo(click.style(check.line(), fg=colours[check.status]))
+        click.echo(", ".join(f"{n} {s}" for s, n in report.counts().items() if n))
+    sys.exit(0 if report.ok else 1)
+
+
 @main.group()
 def registry() -> None:
     """Regions, enterprises, sites, gateways and sensors."""
