@@ -9,8 +9,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /src
 # Only what the wheel is built from (see [tool.hatch.build] in pyproject.toml): the
-# packages, schema/ (bundled into the wheel) and README.md (the package readme).
+# packages, schema/ and the broker ACL template (both bundled into the wheel) and
+# README.md (the package readme).
 COPY pyproject.toml README.md ./
+COPY deploy/mosquitto/acl ./deploy/mosquitto/acl
 COPY hazardwatch ./hazardwatch
 COPY ingest ./ingest
 COPY rules ./rules

@@ -28,3 +28,16 @@ def migrations_dir() -> Path:
 
 def payloads_dir() -> Path:
     return schema_dir() / "payloads"
+
+
+@cache
+def acl_template() -> Path:
+    """deploy/mosquitto/acl: the broker ACL template `hazardwatch gateway` renders
+    (a wheel carries it as hazardwatch/_deploy/mosquitto.acl)."""
+    for candidate in (_PKG / "_deploy" / "mosquitto.acl", _PKG.parent / "deploy" / "mosquitto" / "acl"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"the mosquitto ACL template was not found beside {_PKG}: reinstall hazardwatch "
+        "(pip install .) or pass --acl-template"
+    )

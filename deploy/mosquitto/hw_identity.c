@@ -26,8 +26,28 @@
  * Will messages do not pass through MOSQ_EVT_MESSAGE in 2.0. The ACL file is what keeps a
  * will off tb/ (mosquitto ACL-checks the will topic when it sends the will), and a will on
  * v1/gateway/... is delivered unrewritten to nobody (no client may read v1/#).
+ *
+ * Partitions (plugin_opt_partitions P, default 0 = off). Several collector processes share
+ * the readings, but rule state must stay in one process per enterprise (a site's sensors
+ * may hang on several gateways of its enterprise, and one site's conditions combine into
+ * one warning). mosquitto 2.0 can only round-robin a shared subscription, so the broker
+ * stamps a partition into the topic and each collector worker subscribes to its own:
+ *
+ *     hw/v1/<ent>/<gw>/readings  ->  hwp/<k>/hw/v1/<ent>/<gw>/readings
+ *     v1/gateway/<rest>          ->  hwp/<k>/tb/<ent>/<gw>/v1/gateway/<rest>   (and devices/me)
+ *
+ * k = FNV-1a 32-bit (offset basis 2166136261, prime 16777619) of the enterprise code's
+ * bytes, mod P; ingest/partitions.py computes the same. The native `state` topic is NOT
+ * rewritten: last wills skip this plugin, so a gateway's will and its own state messages
+ * must share one topic (and its retained value); every worker reads hw/v1/+/+/state and
+ * keeps its own enterprises'. Client publishes to hwp/# are refused like tb/#. At start
+ * the plugin publishes P, retained, on hwp/partitions, so a collector configured for a
+ * different P (or for none) refuses to run instead of silently missing partitions.
  */
+#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <mosquitto.h>
@@ -43,10 +63,69 @@
 #endif
 
 #define TB_PREFIX "tb"
+#define PARTITION_PREFIX "hwp"
+#define PARTITIONS_TOPIC PARTITION_PREFIX "/partitions"
+#define MAX_PARTITIONS 4096
 /* MQTT string length limit; a longer rewritten topic could not be sent to subscribers. */
 #define MQTT_MAX_TOPIC 65535
 
 static mosquitto_plugin_id_t *plugin_id;
+static unsigned long partitions; /* 0: topics are not partitioned */
+
+/* FNV-1a, 32 bit: tiny, well known, and the same in every language (ingest/partitions.py). */
+static uint32_t fnv1a32(const char *data, size_t len)
+{
+	uint32_t hash = 2166136261u;
+	for(size_t i = 0; i < len; i++){
+		hash ^= (unsigned char)data[i];
+		hash *= 16777619u;
+	}
+	return hash;
+}
+
+/* The enterprise segment of hw/v1/<ent>/<gw>/readings (exactly five levels), or NULL. */
+static const char *native_readings_enterprise(const char *topic, size_t *len)
+{
+	const char *ent, *gw, *rest;
+
+	if(strncmp(topic, "hw/v1/", 6) != 0) return NULL;
+	ent = topic + 6;
+	gw = strchr(ent, '/');
+	if(gw == NULL || gw == ent) return NULL;
+	rest = strchr(gw + 1, '/');
+	if(rest == NULL || rest == gw + 1 || strcmp(rest, "/readings") != 0) return NULL;
+	*len = (size_t)(gw - ent);
+	return ent;
+}
+
+/* Replace ed->topic by "<prefix>/<topic>"; prefix is at most 12 characters. */
+static int prepend(struct mosquitto_evt_message *ed, const char *prefix)
+{
+	size_t len = strlen(prefix) + 1 + strlen(ed->topic);
+	char *topic;
+
+	if(len > MQTT_MAX_TOPIC){
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	/* Must come from the broker's allocator: the broker frees the stored topic later. */
+	topic = mosquitto_malloc(len + 1);
+	if(topic == NULL){
+		return MOSQ_ERR_NOMEM;
+	}
+	snprintf(topic, len + 1, "%s/%s", prefix, ed->topic);
+	mosquitto_free(ed->topic);
+	ed->topic = topic;
+	return MOSQ_ERR_SUCCESS;
+}
+
+static int stamp_partition(struct mosquitto_evt_message *ed, const char *enterprise, size_t len)
+{
+	char prefix[32];
+
+	snprintf(prefix, sizeof(prefix), PARTITION_PREFIX "/%lu",
+			(unsigned long)(fnv1a32(enterprise, len) % partitions));
+	return prepend(ed, prefix);
+}
 
 /* Topic filter semantics of "<prefix>/#": the prefix itself or anything below it. */
 static int under(const char *topic, const char *prefix)
@@ -79,11 +158,17 @@ static int on_message(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)userdata;
 
-	if(under(ed->topic, TB_PREFIX)){
+	if(under(ed->topic, TB_PREFIX) || under(ed->topic, PARTITION_PREFIX)){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE,
-				"hw_identity: refused publish to '%s' from client '%s': tb/ is broker-written only",
+				"hw_identity: refused publish to '%s' from client '%s': tb/ and hwp/ are broker-written only",
 				ed->topic, mosquitto_client_id(ed->client));
 		return MOSQ_ERR_ACL_DENIED;
+	}
+	if(partitions > 0){
+		const char *enterprise = native_readings_enterprise(ed->topic, &len);
+		if(enterprise != NULL){
+			return stamp_partition(ed, enterprise, len);
+		}
 	}
 	if(!under(ed->topic, "v1/gateway") && !under(ed->topic, "v1/devices/me")){
 		return MOSQ_ERR_SUCCESS;
@@ -109,6 +194,34 @@ static int on_message(int event, void *event_data, void *userdata)
 	snprintf(topic, len + 1, TB_PREFIX "/%s/%s", username, ed->topic);
 	mosquitto_free(ed->topic);
 	ed->topic = topic;
+	if(partitions > 0){
+		return stamp_partition(ed, username, (size_t)(strchr(username, '/') - username));
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* plugin_opt_partitions: a whole number 0..MAX_PARTITIONS; anything else stops the broker. */
+static int read_options(struct mosquitto_opt *options, int option_count)
+{
+	for(int i = 0; i < option_count; i++){
+		char *end;
+		unsigned long value;
+
+		if(strcmp(options[i].key, "partitions") != 0){
+			mosquitto_log_printf(MOSQ_LOG_ERR, "hw_identity: unknown option plugin_opt_%s "
+					"(known: plugin_opt_partitions)", options[i].key);
+			return MOSQ_ERR_INVAL;
+		}
+		errno = 0;
+		value = strtoul(options[i].value, &end, 10);
+		if(options[i].value[0] < '0' || options[i].value[0] > '9' || *end != '\0'
+				|| errno != 0 || value > MAX_PARTITIONS){
+			mosquitto_log_printf(MOSQ_LOG_ERR, "hw_identity: plugin_opt_partitions '%s': "
+					"expected a whole number from 0 (off) to %d", options[i].value, MAX_PARTITIONS);
+			return MOSQ_ERR_INVAL;
+		}
+		partitions = value;
+	}
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -123,11 +236,29 @@ int mosquitto_plugin_version(int supported_version_count, const int *supported_v
 int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		struct mosquitto_opt *options, int option_count)
 {
+	char announce[16];
+	int rc;
+
 	(void)userdata;
-	(void)options;
-	(void)option_count;
 
 	plugin_id = identifier;
+	rc = read_options(options, option_count);
+	if(rc != MOSQ_ERR_SUCCESS){
+		return rc;
+	}
+	/* Retained, so a collector learns it on subscribing; "0" replaces a stale announcement
+	 * when partitioning is switched off. Queued now, delivered once the broker runs (after
+	 * the persistence database is restored, so this value wins over a saved one). */
+	snprintf(announce, sizeof(announce), "%lu", partitions);
+	rc = mosquitto_broker_publish_copy(NULL, PARTITIONS_TOPIC, (int)strlen(announce), announce,
+			1, true, NULL);
+	if(rc != MOSQ_ERR_SUCCESS){
+		return rc;
+	}
+	if(partitions > 0){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "hw_identity: readings partitioned %lu ways "
+				"under " PARTITION_PREFIX "/<k>/", partitions);
+	}
 	return mosquitto_callback_register(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL, NULL);
 }
 

@@ -9,7 +9,17 @@ connect/disconnect: {"device": "<name>"} — noted as the gateway being alive.
 
 from __future__ import annotations
 
-from ingest.dialects import Decoded, Problem, Undecodable, add_values, kind_of, loads, parse_ts
+from ingest.dialects import (
+    Decoded,
+    Problem,
+    Undecodable,
+    add_values,
+    keys_shown,
+    kind_of,
+    loads,
+    parse_ts,
+    safe_text,
+)
 from ingest.reasons import Reason
 
 _GATEWAY_TELEMETRY = ("v1", "gateway", "telemetry")
@@ -52,7 +62,7 @@ class ThingsBoard:
         if type(doc) is not dict:
             return out.refuse(Reason.SCHEMA, f"expected an object of devices, got {kind_of(doc)}", "$")
         for device, entries in doc.items():
-            where = f"$.{device}"
+            where = f"$.{safe_text(device)}"
             if not device:
                 out.problems.append(Problem(Reason.SCHEMA, "empty device name", where))
                 continue
@@ -76,7 +86,7 @@ def _entries(out: Decoded, doc: object, prefix: str, where: str, received_ms: fl
                                             f"{at}.values"))
                 continue
             if len(item) != 2:
-                extra = sorted(item.keys() - {"ts", "values"})
+                extra = keys_shown(item.keys() - {"ts", "values"})
                 out.refuse_group(Problem(Reason.SCHEMA, f"unknown key(s) {extra}; entry refused", at),
                                  values)
                 continue
