@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from hazardwatch import yamlfile
@@ -292,9 +293,12 @@ class PackError(Exception):
 # ---------------------------------------------------------------------------- effective rules
 
 
-def _layer(values: dict[str, Any], prov: dict[str, str], entries: Mapping[str, Any],
-           label: str, span: float) -> None:
-    """Lay one layer's (validated) entries over `values`; _pct forms become absolute."""
+def _layer(values: dict[str, Any], prov: dict[str, str] | None, entries: Mapping[str, Any],
+           label: str, span: Any) -> None:
+    """Lay one layer's (validated) entries over `values`; _pct forms become absolute.
+
+    `span` is a float, or an array when many sensors are resolved at once (then `prov`,
+    which names one sensor's span, is None)."""
     for name, value in entries.items():
         if name in PCT_FIELDS:
             target = PCT_FIELDS[name]
@@ -302,13 +306,16 @@ def _layer(values: dict[str, Any], prov: dict[str, str], entries: Mapping[str, A
                 continue
             if isinstance(value, float) and math.isnan(value):
                 values[target] = math.nan
-                prov[target] = label
+                if prov is not None:
+                    prov[target] = label
             else:
                 values[target] = value / 100.0 * span
-                prov[target] = f"{label} ({name} {_num(value)} % of span {_num(span)})"
+                if prov is not None:
+                    prov[target] = f"{label} ({name} {_num(value)} % of span {_num(span)})"
         elif name in PARAMS:
             values[name] = value
-            prov[name] = label
+            if prov is not None:
+                prov[name] = label
 
 
 def _valid_overrides(rules: Any) -> dict[str, Any]:
@@ -354,6 +361,39 @@ def effective_rules(pack: Pack, spec: SensorSpec) -> tuple[SensorRules, dict[str
             values[name], prov[name] = float(limit), "registry limits"
     _layer(values, prov, overrides, REGISTRY_RULES, span)
     return SensorRules(**values), prov
+
+
+def effective_arrays(pack: Pack, kind: str, rules: Any, range_lo: np.ndarray,
+                     range_hi: np.ndarray, interval_s: np.ndarray,
+                     limits: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`effective_rules` for many sensors of one rule group at once (same pack, sensor kind
+    and `rules` overrides), as one float64 array per SensorRules field.
+
+    The same layers in the same order, with the span an array: a million sensors resolve in
+    a few hundred group calls instead of a million sensor calls. `limits` maps ll, l, h, hh
+    to arrays where NaN means "not set in the registry". tests/test_registry_load.py
+    checks it against effective_rules sensor by sensor."""
+    n = len(range_lo)
+    defaults = SensorRules()
+    values: dict[str, Any] = {name: getattr(defaults, name) for name in PARAM_FIELDS}
+    overrides = _valid_overrides(rules)
+    lo = overrides.get("range_lo", range_lo)
+    hi = overrides.get("range_hi", range_hi)
+    with np.errstate(invalid="ignore", over="ignore"):
+        span = np.broadcast_to(np.asarray(hi, dtype=np.float64) - lo, (n,))
+        span = np.where(np.isfinite(span) & (span > 0), span, range_hi - range_lo)
+    _layer(values, None, pack.defaults.values, pack.label(), span)
+    section = pack.sensor_kinds.get(kind)
+    if section is not None:
+        _layer(values, None, section.values, pack.label(kind), span)
+    values["range_lo"], values["range_hi"] = range_lo, range_hi
+    values["interval_s"] = interval_s
+    for name in LIMITS:
+        column = limits[name]
+        values[name] = np.where(np.isnan(column), values[name], column)
+    _layer(values, None, overrides, REGISTRY_RULES, span)
+    return {name: np.broadcast_to(np.asarray(values[name], dtype=np.float64), (n,))
+            for name in PARAM_FIELDS}
 
 
 # ---------------------------------------------------------------------------- checking a sensor
