@@ -97,6 +97,17 @@ class Batch:
         if d.seq is not None:
             self.seq[gid] = d.seq
         own = self.registry.tags.get(d.enterprise, {})
+        sids = list(map(own.get, d.tags))
+        if None not in sids:  # every tag registered to this enterprise: in bulk
+            self.sensor_id += sids
+            self.ts_ms += d.ts_ms
+            self.value += d.values
+            self.quality += d.quality
+            self.msg_index += [index] * n
+            self.tag += d.tags
+            msg.accepted = n
+            msg.rejected = d.dropped
+            return
         accepted = 0
         for i in range(n):
             tag = d.tags[i]
@@ -132,13 +143,14 @@ class Batch:
     def finalize(self, now_ms: float | None = None) -> Columns:
         """Apply time and range checks, drop in-batch duplicates, return the rows to store."""
         now_ms = time.time() * 1000.0 if now_ms is None else now_ms
-        sid = np.fromiter(self.sensor_id, dtype=np.int32, count=len(self.sensor_id))
-        ts_ms = np.fromiter(self.ts_ms, dtype=np.float64, count=len(self.ts_ms))
-        null = np.fromiter((v is None for v in self.value), dtype=bool, count=len(self.value))
-        value = np.fromiter((np.nan if v is None else v for v in self.value), dtype=np.float64,
-                            count=len(self.value))
-        quality = np.fromiter(self.quality, dtype=np.int16, count=len(self.quality))
-        msg = np.fromiter(self.msg_index, dtype=np.int32, count=len(self.msg_index))
+        sid = np.array(self.sensor_id, dtype=np.int32)
+        ts_ms = np.array(self.ts_ms, dtype=np.float64)
+        # None (a null reading) becomes NaN; decoding refused every NaN a gateway sent, so
+        # NaN here means null and nothing else.
+        value = np.array(self.value, dtype=np.float64)
+        null = np.isnan(value)
+        quality = np.array(self.quality, dtype=np.int16)
+        msg = np.array(self.msg_index, dtype=np.int32)
 
         keep = np.ones(len(sid), dtype=bool)
         future = ts_ms > now_ms + self.max_future_ms

@@ -28,6 +28,7 @@ from hazardwatch.settings import Settings
 from ingest import metrics, store
 from ingest.batch import Batch, Columns, Message
 from ingest.dialects import Decoded, Dialect, all_dialects
+from ingest.partitions import ANNOUNCE_TOPIC, Assignment, Lease, LeaseLost, Router
 from ingest.reasons import Reason
 from ingest.registry_cache import RegistryCache
 
@@ -39,7 +40,9 @@ class BatchSink(Protocol):
 
     evaluate() runs once per batch and must not do I/O; write() runs inside the batch
     transaction and may run again if that transaction is retried; tick() is processing-time
-    work whose result is written the same way.
+    work whose result is written the same way. resumed() follows the first commit after a
+    database outage: meanwhile the broker held the gateways' messages, so silence measured
+    across the outage is the collector's, not theirs.
     """
 
     async def start(self, conn: psycopg.AsyncConnection) -> None: ...
@@ -47,6 +50,54 @@ class BatchSink(Protocol):
     def evaluate(self, cols: Columns, batch: Batch) -> Any: ...
     def tick(self, now: float) -> Any: ...
     async def write(self, conn: psycopg.AsyncConnection, result: Any) -> None: ...
+    def resumed(self) -> None: ...
+
+
+class _ReadAheadClient(mqtt.Client):
+    """paho's client, reading ahead: one recv() of up to 256 KiB serves many packets, and
+    loop_read handles every buffered packet before paho goes back to select().
+
+    Stock paho reads each packet with three or more recv() calls and returns to select()
+    after every packet: at thousands of messages a second that was most of the network
+    thread's CPU (docs/performance.md). Only how bytes are fetched changes; parsing,
+    acknowledgement and callbacks are paho's own.
+    """
+
+    _READ = 256 * 1024
+    _PACKETS = 64   # then let paho write (acknowledgements) before reading on
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ahead_sock: object = None
+        self._ahead = b""
+        self._ahead_pos = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._ahead_sock is not self._sock:  # a new connection: nothing carries over
+            self._ahead_sock, self._ahead, self._ahead_pos = self._sock, b"", 0
+        if self._ahead_pos >= len(self._ahead):
+            data = super()._sock_recv(self._READ)  # BlockingIOError when there is nothing
+            if not data:
+                return data                         # the connection closed
+            self._ahead, self._ahead_pos = data, 0
+        start = self._ahead_pos
+        self._ahead_pos = min(start + bufsize, len(self._ahead))
+        return self._ahead[start:self._ahead_pos]
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        # Returns only with the read-ahead buffer empty: select() cannot see bytes we hold.
+        packets = 0
+        while True:
+            if self._sock is None:
+                return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = self._packet_read()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:
+                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+            packets += 1
+            if packets >= self._PACKETS and self._ahead_pos >= len(self._ahead):
+                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 class Collector:
@@ -67,14 +118,27 @@ class Collector:
         self._disconnected = threading.Event()
         self.db_ok = False
         self.stats = collections.Counter()
+        # Several workers (settings.ingest.partitions > 0): this one's partitions, held by
+        # lease; the rules sink evaluates only their enterprises (ingest/partitions.py).
+        ing, m = settings.ingest, settings.mqtt
+        assignment = Assignment(ing.partitions, ing.workers, ing.worker) if ing.partitions else None
+        self.router = Router(assignment)
+        self.lease = Lease(assignment, ing.lease_s) if assignment is not None else None
+        # one persistent session per worker slot: a restarted worker gets its backlog
+        self.client_id = f"{m.client_id}-w{ing.worker}" if assignment is not None else m.client_id
+        if sink is not None and hasattr(sink, "lease"):
+            sink.lease = self.lease
+        self.fatal: str | None = None
+        self._stop: asyncio.Event | None = None
+        self._messages_metric: dict[str, Any] = {}
 
     # ---- MQTT thread side ------------------------------------------------------------
 
     def _make_client(self) -> mqtt.Client:
         m = self.settings.mqtt
-        client = mqtt.Client(
+        client = _ReadAheadClient(
             mqtt.CallbackAPIVersion.VERSION2,
-            client_id=m.client_id,
+            client_id=self.client_id,
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
@@ -93,13 +157,13 @@ class Collector:
             log.warning("mqtt connect refused", reason=str(reason_code))
             return
         self._generation += 1
-        self.connected = True
+        self.connected = self.router.confirmed  # partitioned: once the broker agrees on P
         metrics.CONNECTED.set(1)
-        group = self.settings.mqtt.share_group
-        topics = []
-        for d in self.dialects:
-            for t in d.topics:
-                topics.append((f"$share/{group}/{t}" if group else t, SubscribeOptions(qos=1)))
+        drop, subscribe = self.router.subscriptions(
+            (t for d in self.dialects for t in d.topics), self.settings.mqtt.share_group)
+        if drop:
+            client.unsubscribe(drop)
+        topics = [(t, SubscribeOptions(qos=qos)) for t, qos in subscribe]
         client.subscribe(topics)
         log.info("mqtt connected", session_present=bool(flags.session_present),
                  generation=self._generation, subscriptions=len(topics))
@@ -111,22 +175,53 @@ class Collector:
         log.warning("mqtt disconnected", reason=str(reason_code))
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        self._inbox.append((self._generation, msg.mid, msg.qos, msg.topic, msg.payload, msg.dup,
+        topic = msg.topic
+        if self.router.partitioned or topic == ANNOUNCE_TOPIC:
+            if topic == ANNOUNCE_TOPIC:
+                self._announced(msg.payload)
+                return
+            topic = self.router.inbound(topic)
+            if topic is None:  # another worker's gateway state: its owner has its own copy
+                if msg.qos:
+                    client.ack(msg.mid, msg.qos)
+                return
+        self._inbox.append((self._generation, msg.mid, msg.qos, topic, msg.payload, msg.dup,
                             time.time() * 1000.0))
         if not self._wake_pending:
             self._wake_pending = True
             self._loop.call_soon_threadsafe(self._wake.set)
 
+    def _announced(self, payload: bytes) -> None:
+        """The broker's partition count (retained hwp/partitions): run only if it agrees."""
+        problem = self.router.announced(payload)
+        if problem is None:
+            if not self.connected and self._client is not None and self._client.is_connected():
+                self.connected = True
+            return
+        if self.fatal is None:
+            self.fatal = problem
+            log.error("refusing to run", reason=problem)
+            if self._loop is not None and self._stop is not None:
+                self._loop.call_soon_threadsafe(self._stop.set)
+
     # ---- asyncio side ----------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
+        self._stop = stop
         dsn = self.settings.dsn()
         conn = await self._connect_db(dsn, stop)
         if conn is None:
             return
         self._conn = conn
         aux = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        keeper = None
+        if self.lease is not None:  # a standby waits here until the partitions are free
+            if not await self.lease.acquire(aux, stop):
+                await aux.close()
+                await conn.close()
+                return
+            keeper = asyncio.create_task(self.lease.keep(dsn, stop), name="hw-lease")
         await self.registry.refresh(aux)
         log.info("registry loaded", gateways=len(self.registry.gateways),
                  enterprises=len(self.registry.tags))
@@ -141,12 +236,19 @@ class Collector:
                              properties=props)
         client.loop_start()
         upkeep = asyncio.create_task(self._upkeep(aux, stop))
+        lost = None
         try:
             conn = await self._consume(conn, stop)
+        except LeaseLost as exc:  # the batch rolled back, unacknowledged: its new owner gets it
+            lost, conn = exc, self._conn
         finally:
             upkeep.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await upkeep
+            if keeper is not None:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
             # Let paho flush the last PUBACKs and the DISCONNECT before its loop stops;
             # otherwise committed messages would come back (harmless, but wasted work).
             self._disconnected.clear()
@@ -155,10 +257,17 @@ class Collector:
             client.loop_stop()
             self.connected = False
             metrics.CONNECTED.set(0)
+            if self.lease is not None and self.lease.valid():
+                with contextlib.suppress(psycopg.Error):
+                    await self.lease.release(aux)  # a standby may take over at once
             await aux.close()
             if conn is not None:
                 await conn.close()
             log.info("collector stopped", **dict(self.stats))
+        if lost is not None or self.fatal is not None:
+            raise SystemExit(f"hazardwatch serve: {lost or self.fatal}")
+        if self.lease is not None and self.lease.lost:
+            raise SystemExit("hazardwatch serve: the partition lease was lost; stopped")
 
     async def _consume(self, conn, stop: asyncio.Event):
         ing = self.settings.ingest
@@ -181,19 +290,30 @@ class Collector:
                 waker.cancel()
             self._wake.clear()
             self._wake_pending = False
+            accepted = 0
             while self._inbox and (batch is None or len(batch) < ing.batch_readings):
                 item = self._inbox.popleft()
                 if batch is None:
                     batch = Batch(self.registry, ing.max_future_s * 1000.0, ing.max_readings_per_message)
                 self._accept(batch, item)
+                accepted += 1
+                if accepted % 32 == 0 and flushing is not None and not flushing.done():
+                    # the write in flight needs the loop for its I/O: decode beside it, not
+                    # in front of it
+                    await asyncio.sleep(0)
             due = batch is not None and (
                 len(batch) >= ing.batch_readings
                 or time.monotonic() - batch.started >= ing.batch_ms / 1000.0
                 or stop.is_set()
             )
             if due:
+                if flushing is not None and not flushing.done():
+                    # One write in flight and this batch next: under a flood, decoding
+                    # further ahead only piles up batches and starves the rest of the loop.
+                    await asyncio.wait({flushing})
                 flushing = asyncio.create_task(self._flush(flushing, conn, batch, stop))
                 batch = None
+                await asyncio.sleep(0)  # let it start (and HTTP be served) before decoding on
             if stop.is_set() and batch is None:
                 if flushing is not None:
                     conn = await flushing
@@ -201,9 +321,16 @@ class Collector:
 
     def _accept(self, batch: Batch, item: tuple) -> None:
         generation, mid, qos, topic, payload, dup, received_ms = item
-        dialect = next((d for d in self.dialects if d.matches(topic)), None)
+        dialect = None
+        for d in self.dialects:
+            if d.matches(topic):
+                dialect = d
+                break
         name = dialect.name if dialect else "unknown"
-        metrics.MESSAGES.labels(name).inc()
+        counter = self._messages_metric.get(name)
+        if counter is None:  # labels() takes a lock and a dict lookup: once per dialect
+            counter = self._messages_metric[name] = metrics.MESSAGES.labels(name)
+        counter.inc()
         if len(payload) > self.settings.ingest.max_payload_bytes:
             decoded = Decoded(name).refuse(
                 Reason.OVERSIZE,
@@ -256,6 +383,7 @@ class Collector:
     async def _commit(self, conn, work, messages: int):
         """Run `work` in one transaction until it commits, reconnecting on database loss."""
         delay = 0.2
+        failed = False
         while True:
             try:
                 t0 = time.perf_counter()
@@ -264,8 +392,11 @@ class Collector:
                 metrics.WRITE_SECONDS.observe(time.perf_counter() - t0)
                 self.db_ok = True
                 self._conn = conn
+                if failed and self.sink is not None:
+                    self.sink.resumed()
                 return conn
             except psycopg.OperationalError as exc:
+                failed = True
                 self.db_ok = False
                 metrics.WRITE_FAILURES.inc()
                 log.warning("database unavailable; holding acknowledgements", error=str(exc),

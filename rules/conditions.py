@@ -66,51 +66,55 @@ class _Fit:
     """Exponentially weighted linear regression per slot, origin at the newest point.
 
     Values are held relative to the fit's first value (v0) so large offsets (pressures in
-    Pa) do not cancel in the sums.
+    Pa) do not cancel in the sums. The nine per-slot fields are rows of one (9, n) array,
+    so a batch gathers and scatters them in one call each.
     """
 
     FIELDS = ("s0", "st", "stt", "sv", "stv", "t0", "v0", "last", "n")
 
     def __init__(self, n: int) -> None:
-        for f in self.FIELDS:
-            setattr(self, f, np.zeros(n))
-        self.last[:] = -np.inf
+        self.data = np.zeros((len(self.FIELDS), n))
+        self.data[self.FIELDS.index("last")] = -np.inf
+        self._views()
+
+    def _views(self) -> None:
+        for i, f in enumerate(self.FIELDS):
+            setattr(self, f, self.data[i])
 
     def resize(self, n: int) -> None:
-        for f in self.FIELDS:
-            old = getattr(self, f)
-            new = np.full(n, -np.inf if f == "last" else 0.0)
-            new[:len(old)] = old[:n]
-            setattr(self, f, new)
+        new = np.zeros((len(self.FIELDS), n))
+        new[self.FIELDS.index("last")] = -np.inf
+        keep = min(n, self.data.shape[1])
+        new[:, :keep] = self.data[:, :keep]
+        self.data = new
+        self._views()
 
     @property
     def nbytes(self) -> int:
-        return sum(getattr(self, f).itemsize for f in self.FIELDS)
+        return len(self.FIELDS) * self.data.itemsize
 
     def update(self, idx: np.ndarray, ts: np.ndarray, v: np.ndarray, tau: np.ndarray):
-        """Add one point per slot; return (slope per s, fitted value now, ready)."""
-        dt = ts - self.last[idx]
-        reset = (self.n[idx] == 0) | (dt > 5.0 * tau)
-        dt = np.where(reset, 0.0, dt)
+        """Add one point per slot (idx unique); return (slope per s, fitted value now, ready)."""
+        d = self.data[:, idx]
+        s0, st, stt, sv, stv, t0, v0, last, n = d   # views into d
+        dt = ts - last
+        reset = (n == 0) | (dt > 5.0 * tau)
+        if reset.any():  # a new fit: empty sums, origin at this point
+            dt[reset] = 0.0
+            d[:5, reset] = 0.0
+            t0[reset], v0[reset], n[reset] = ts[reset], v[reset], 0.0
         w = np.exp(-dt / tau)
-        s0, st, stt = self.s0[idx], self.st[idx], self.stt[idx]
-        sv, stv = self.sv[idx], self.stv[idx]
         # shift the origin to the new point (old times become t - dt), then decay
-        stt = w * (stt - 2.0 * dt * st + dt * dt * s0)
-        stv = w * (stv - dt * sv)
-        st = w * (st - dt * s0)
-        s0 = w * s0
-        sv = w * sv
-        t0 = np.where(reset, ts, self.t0[idx])
-        v0 = np.where(reset, v, self.v0[idx])
-        n = np.where(reset, 0.0, self.n[idx]) + 1.0
-        if reset.any():
-            for a in (s0, st, stt, sv, stv):
-                a[reset] = 0.0
-        s0 = s0 + 1.0
-        sv = sv + (v - v0)
-        self.s0[idx], self.st[idx], self.stt[idx], self.sv[idx], self.stv[idx] = s0, st, stt, sv, stv
-        self.t0[idx], self.v0[idx], self.last[idx], self.n[idx] = t0, v0, ts, n
+        stt[:] = w * (stt - 2.0 * dt * st + dt * dt * s0)
+        stv[:] = w * (stv - dt * sv)
+        st[:] = w * (st - dt * s0)
+        s0 *= w
+        s0 += 1.0
+        sv *= w
+        sv += v - v0
+        last[:] = ts
+        n += 1.0
+        self.data[:, idx] = d
         den = s0 * stt - st * st
         ok = den > 1e-12 * np.maximum(s0 * stt, 1e-300)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -134,6 +138,7 @@ class State:
             setattr(self, f, np.zeros(0))
         self.rate_fit = _Fit(0)
         self.trend_fit = _Fit(0)
+        self._mark = np.zeros(0, dtype=np.int64)
         self.resize(n)
 
     def resize(self, n: int) -> None:
@@ -151,6 +156,16 @@ class State:
         self.rate_fit.resize(n)
         self.trend_fit.resize(n)
         self.n = n
+
+    def one_per_slot(self, slots: np.ndarray) -> bool:
+        """True when no slot occurs twice (O(n), no sort: a marker array per state)."""
+        if len(slots) < 2:
+            return True
+        if len(self._mark) != self.n:
+            self._mark = np.zeros(self.n, dtype=np.int64)
+        pos = np.arange(1, len(slots) + 1)
+        self._mark[slots] = pos
+        return bool((self._mark[slots] == pos).all())
 
     def active(self, cond: Cond) -> np.ndarray:
         return self.flags[COND_INDEX[cond]]
@@ -179,6 +194,8 @@ class _Out:
         if not mask.any():
             return
         hit = np.flatnonzero(mask)
+        if len(hit) > 1:
+            hit = hit[np.argsort(idx[hit], kind="stable")]  # slot order, whatever the input order
         row = self.state.flags[COND_INDEX[cond]]
         rz = np.broadcast_to(raised, idx.shape)
         row[idx[hit]] = rz[hit]
@@ -199,6 +216,18 @@ def evaluate(state: State, params: Params, slots: np.ndarray, ts: np.ndarray, va
         return out.items
     slots = np.asarray(slots, dtype=np.int64)
     ts = np.asarray(ts, dtype=np.float64)
+    if state.one_per_slot(slots):
+        # The common batch (each sensor at most once): one round, no sort. Transitions
+        # still come out in slot order (_Out sorts what fired).
+        s, t = slots, ts
+        v = np.asarray(value, dtype=np.float64)
+        q = np.asarray(quality)
+        keep = t > state.last_ts[s]      # late or repeated readings never rewind state
+        if not keep.all():
+            s, t, v, q = s[keep], t[keep], v[keep], q[keep]
+        if len(s):
+            _round(state, params, out, s, t, v, q, rx)
+        return out.items
     order = np.lexsort((ts, slots))  # by slot, then time; stable: first of equal times wins
     s, t = slots[order], ts[order]
     v = np.asarray(value, dtype=np.float64)[order]

@@ -15,8 +15,9 @@ import numpy as np
 
 from rules.conditions import Params, State, Transition, check_no_data, evaluate
 from rules.grading import ActiveCondition, equipment_of, grade
-from rules.model import CauseSpec, Cond, Level
-from rules.packs import Pack, SensorSpec, effective_rules
+from rules.model import PARAM_FIELDS, CauseSpec, Cond, Level
+from rules.packs import Pack, SensorSpec, effective_arrays
+from rules.sensor_table import SensorTable
 
 HIGH_SIDE = frozenset({Cond.HH, Cond.H, Cond.RATE_RISE, Cond.TREND_HH})
 LOW_SIDE = frozenset({Cond.LL, Cond.L, Cond.RATE_FALL, Cond.TREND_LL})
@@ -102,7 +103,7 @@ class Changes:
 class Engine:
     def __init__(self, packs: dict[str, Pack]) -> None:
         self.packs = packs
-        self.rows: list[SensorRow] = []
+        self.rows: SensorTable = SensorTable.empty()        # Sequence[SensorRow], columnar
         self.slot_of: dict[int, int] = {}
         self.slot_lut = np.full(1, -1, dtype=np.int64)     # sensor id → slot, -1 unknown
         self.params = Params.from_rules([])
@@ -116,36 +117,66 @@ class Engine:
     # ---- registry ------------------------------------------------------------------------
 
     def load(self, rows: Sequence[SensorRow]) -> None:
-        """(Re)load the registry; a known sensor keeps its slot and its state."""
-        for row in rows:
-            if row.sensor_id not in self.slot_of:
-                self.slot_of[row.sensor_id] = len(self.rows)
-                self.rows.append(row)
-            else:
-                self.rows[self.slot_of[row.sensor_id]] = row
-        rules, causes = [], []
+        """(Re)load the registry; a known sensor keeps its slot and its state.
+
+        Columnar (rules.sensor_table): rules resolve once per rule group, causes once per
+        (site kind, sensor kind), so a million sensors load in seconds."""
+        incoming = SensorTable.from_rows(rows)
+        ids = incoming.sensor_id
+        if not (ids[1:] > ids[:-1]).all() and len(np.unique(ids)) != len(ids):
+            # the last row of a sensor wins
+            _, last = np.unique(ids[::-1], return_index=True)
+            incoming = incoming.take(np.sort(len(ids) - 1 - last))
+            ids = incoming.sensor_id
+        slots = np.full(len(ids), -1, dtype=np.int64)
+        inside = (ids >= 0) & (ids < len(self.slot_lut))
+        slots[inside] = self.slot_lut[ids[inside]]
+        table = self.rows.merged(incoming, slots) if len(self.rows) else incoming
+        n = len(table)
+        self.rows = table
+        self.slot_of = dict(zip(table.sensor_id.tolist(), range(n), strict=True))
+
+        arrays = {name: np.empty(n, dtype=np.float64) for name in PARAM_FIELDS}
+        group_causes: list[dict[Cond, list[CauseSpec]]] = []
+        by_kind: dict[tuple[str, str], dict[Cond, list[CauseSpec]]] = {}
+        limits = {name: getattr(table, name) for name in ("ll", "l", "h", "hh")}
+        order = np.argsort(table.group, kind="stable")
+        counts = np.bincount(table.group, minlength=len(table.groups))
+        members = np.split(order, np.cumsum(counts)[:-1]) if table.groups else []
+        for g, idx in zip(table.groups, members, strict=True):
+            pack = self.packs[g.site_kind]
+            if len(idx):
+                resolved = effective_arrays(
+                    pack, g.kind, g.rules, table.range_lo[idx], table.range_hi[idx],
+                    table.interval_s[idx], {k: v[idx] for k, v in limits.items()})
+                for name, values in resolved.items():
+                    arrays[name][idx] = values
+            by_cond = by_kind.get((g.site_kind, g.kind))
+            if by_cond is None:
+                by_cond = by_kind[(g.site_kind, g.kind)] = {
+                    cond: list(found) for cond in Cond if (found := pack.cause_for(g.kind, cond))}
+            group_causes.append(by_cond)
+        self.params = Params(arrays)
+        self.causes = [group_causes[g] for g in table.group.tolist()]
+
         gateway_sites: dict[int, set[tuple[int, int, str]]] = {}
-        for row in self.rows:
-            pack = self.packs[row.site_kind]
-            rules.append(effective_rules(pack, row.spec)[0])
-            by_cond: dict[Cond, list[CauseSpec]] = {}
-            for cond in Cond:
-                found = pack.cause_for(row.spec.kind, cond)
-                if found:
-                    by_cond[cond] = list(found)
-            causes.append(by_cond)
-            if row.gateway_id is not None:
-                gateway_sites.setdefault(row.gateway_id, set()).add(
-                    (row.site_id, row.site_grade, row.site_kind))
-        self.params = Params.from_rules(rules)
-        self.causes = causes
+        linked = np.flatnonzero(table.gateway_id >= 0)
+        if len(linked):
+            # one (gateway, site) pair per key; grade and kind are the site's
+            span = int(table.site_id.max()) + 1
+            _, first = np.unique(table.gateway_id[linked] * span + table.site_id[linked],
+                                 return_index=True)
+            at = linked[first]
+            for gid, site_id, grade_, code in zip(
+                    table.gateway_id[at].tolist(), table.site_id[at].tolist(),
+                    table.site_grade[at].tolist(), table.group[at].tolist(), strict=True):
+                gateway_sites.setdefault(gid, set()).add(
+                    (site_id, grade_, table.groups[code].site_kind))
         self.gateway_sites = gateway_sites
-        self.slot_gateway = np.array([r.gateway_id if r.gateway_id is not None else -1 for r in self.rows],
-                                     dtype=np.int64)
-        self.state.resize(len(self.rows))
-        lut = np.full(max(self.slot_of, default=0) + 1, -1, dtype=np.int64)
-        for sensor_id, slot in self.slot_of.items():
-            lut[sensor_id] = slot
+        self.slot_gateway = table.gateway_id.copy()
+        self.state.resize(n)
+        lut = np.full(int(table.sensor_id.max(initial=0)) + 1, -1, dtype=np.int64)
+        lut[table.sensor_id] = np.arange(n, dtype=np.int64)
         self.slot_lut = lut
 
     def slots(self, sensor_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

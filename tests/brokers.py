@@ -1,10 +1,12 @@
 """A real mosquitto for tests, running the project's own broker configuration.
 
 No mocks: `Mosquitto` starts the mosquitto binary on a free 127.0.0.1 port with
-deploy/mosquitto/mosquitto.conf rendered into a temporary directory (only the listener,
-data dir, password/acl/plugin paths and log destination change; see `render_config`),
-the hw_identity plugin built from deploy/mosquitto/hw_identity.c, and the committed ACL
-template followed by one block per user added with `add_user` / `add_gateway`.
+deploy/mosquitto/mosquitto.conf rendered into a temporary directory (only the listeners,
+data dir, password/acl/plugin/certificate paths and log destination change; see
+`render_config`), the hw_identity plugin built from deploy/mosquitto/hw_identity.c, and the
+committed ACL template followed by one block per user added with `add_user` /
+`add_gateway`, rendered by the product's own hazardwatch.gateways.render_acl. The TLS
+listener runs only when certificates are given (`Mosquitto(tls=TlsFiles(...))`).
 
     broker = Mosquitto().start()
     gw = broker.add_gateway("91370105MA3C00001X", "gw-01")   # Credentials
@@ -35,6 +37,8 @@ from pathlib import Path
 
 import pytest
 
+from hazardwatch import gateways as product
+
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY_DIR = REPO / "deploy" / "mosquitto"
 CONF_TEMPLATE = DEPLOY_DIR / "mosquitto.conf"
@@ -54,6 +58,14 @@ _RELOAD_LOG_LINE = "Reloading config."
 class Credentials:
     username: str
     password: str
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The TLS listener's server certificate and key (e.g. from deploy/mosquitto/dev-certs.sh)."""
+
+    certfile: Path
+    keyfile: Path
 
 
 class BrokerError(RuntimeError):
@@ -119,13 +131,16 @@ def build_plugin() -> Path:
 # --------------------------------------------------------------------------- config rendering
 
 _RENDERED_KEYS = (
-    "listener",
     "persistence_location",
     "password_file",
     "acl_file",
     "plugin",
     "log_dest",
 )
+# Options that belong to the TLS listener (the second `listener` line).
+_TLS_KEYS = frozenset({"certfile", "keyfile", "cafile", "capath", "tls_version", "ciphers",
+                       "ciphers_tls1.3", "require_certificate", "crlfile",
+                       "use_identity_as_username", "use_subject_as_username"})
 
 
 def render_config(
@@ -139,24 +154,30 @@ def render_config(
     log_file: Path,
     host: str = "127.0.0.1",
     run_as: str | None = None,
+    tls_port: int | None = None,
+    tls: TlsFiles | None = None,
 ) -> str:
     """The committed mosquitto.conf with only environment-specific values replaced.
 
-    Each of `_RENDERED_KEYS` must occur on exactly one active (uncommented) line, so a
-    change to the committed file that this function cannot honour fails loudly instead of
-    silently testing something else. `run_as` appends a `user` line (it matters only when
-    the broker is started as root: mosquitto would otherwise switch to user "mosquitto",
-    which cannot read a private temporary directory).
+    Each of `_RENDERED_KEYS` must occur on exactly one active (uncommented) line, and
+    `listener` on exactly two: the plain one, then the TLS one with its options (certfile
+    and keyfile once each). So a change to the committed file that this function cannot
+    honour fails loudly instead of silently testing something else. Without `tls` the TLS
+    listener and its options are commented out (no certificates). `run_as` appends a
+    `user` line (it matters only when the broker is started as root: mosquitto would
+    otherwise switch to user "mosquitto", which cannot read a private temporary directory).
     """
+    if (tls is None) != (tls_port is None):
+        raise ValueError("tls and tls_port go together")
     values = {
-        "listener": f"{port} {host}",
         "persistence_location": f"{data_dir}/",
         "password_file": str(password_file),
         "acl_file": str(acl_file),
         "plugin": str(plugin),
         "log_dest": f"file {log_file}",
     }
-    seen = dict.fromkeys(values, 0)
+    tls_values = {"certfile": str(tls.certfile), "keyfile": str(tls.keyfile)} if tls else {}
+    seen = dict.fromkeys([*values, "listener", "certfile", "keyfile"], 0)
     lines = []
     for line in template.splitlines():
         stripped = line.strip()
@@ -164,34 +185,41 @@ def render_config(
         if key in values:
             seen[key] += 1
             lines.append(f"{key} {values[key]}")
+        elif key == "listener":
+            seen[key] += 1
+            if seen[key] == 1:
+                lines.append(f"listener {port} {host}")
+            elif tls_port is not None:
+                lines.append(f"listener {tls_port} {host}")
+            else:
+                lines.append(f"#{line}  # rendered by tests/brokers.py: no TLS")
+        elif key in _TLS_KEYS:
+            if seen["listener"] != 2:
+                raise ValueError(f"mosquitto.conf: {key} must follow the TLS (second) listener")
+            seen[key] = seen.get(key, 0) + 1
+            if tls is None:
+                lines.append(f"#{line}  # rendered by tests/brokers.py: no TLS")
+            else:
+                lines.append(f"{key} {tls_values[key]}" if key in tls_values else line)
         else:
             lines.append(line)
     wrong = {key: count for key, count in seen.items() if count != 1}
+    if seen["listener"] == 2:
+        wrong.pop("listener")
     if wrong:
         raise ValueError(
             "mosquitto.conf must have exactly one active line for each of "
-            f"{', '.join(_RENDERED_KEYS)}; found {wrong}"
+            f"{', '.join(_RENDERED_KEYS)}, certfile and keyfile, and two listener lines "
+            f"(plain, then TLS); found {wrong}"
         )
     if run_as:
         lines += ["", "# rendered by tests/brokers.py", f"user {run_as}"]
     return "\n".join(lines) + "\n"
 
 
-def gateway_username(enterprise: str, gateway: str) -> str:
-    for part, value in (("enterprise", enterprise), ("gateway", gateway)):
-        if not value or any(c in value for c in "/+#: \t\r\n"):
-            raise ValueError(f"invalid {part} {value!r}: no '/', '+', '#', ':' or whitespace")
-    return f"{enterprise}/{gateway}"
-
-
-def gateway_acl_lines(enterprise: str, gateway: str) -> list[str]:
-    """The ACL lines of one gateway's block (what `hazardwatch gateway add` writes)."""
-    identity = gateway_username(enterprise, gateway)
-    return [
-        f"topic write hw/v1/{identity}/#",
-        f"topic write tb/{identity}/v1/gateway/#",
-        f"topic write tb/{identity}/v1/devices/me/#",
-    ]
+# What `hazardwatch gateway add` writes, from the product itself.
+gateway_username = product.gateway_username
+gateway_acl_lines = product.gateway_acl_lines
 
 
 # --------------------------------------------------------------------------- MQTT probe
@@ -249,10 +277,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 class Mosquitto:
     """One mosquitto process with the project configuration, in its own temp directory."""
 
-    def __init__(self, binary: str | None = None) -> None:
+    def __init__(self, binary: str | None = None, *, tls: TlsFiles | None = None,
+                 partitions: int = 0) -> None:
         self.binary = binary or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.host = "127.0.0.1"
         self.port = 0
+        self.tls = tls
+        # hw_identity's plugin_opt_partitions (0: off, the committed default); read at
+        # every start, so a test may change it and restart.
+        self.partitions = partitions
+        self.tls_port = 0  # the TLS listener's port once started with `tls`
         self.dir = Path(tempfile.mkdtemp(prefix="hw-mosquitto-"))
         self.data_dir = self.dir / "data"
         self.data_dir.mkdir()
@@ -281,6 +315,8 @@ class Mosquitto:
             for attempt in range(3):
                 if first_start:
                     self.port = free_port(self.host)
+                    if self.tls is not None:
+                        self.tls_port = free_port(self.host)
                 self._spawn(plugin)
                 try:
                     self._wait_ready()
@@ -388,6 +424,11 @@ class Mosquitto:
                     )
                 time.sleep(0.05)
 
+    def reloads(self) -> int:
+        """How many reloads mosquitto has logged: to wait for a SIGHUP sent by someone else
+        (e.g. `hazardwatch gateway add --reload-pid`)."""
+        return self._log_text().count(_RELOAD_LOG_LINE)
+
     # -- diagnostics
 
     def log_tail(self, lines: int = 40) -> str:
@@ -414,7 +455,11 @@ class Mosquitto:
                 plugin=plugin,
                 log_file=self.log_path,
                 run_as=run_as,
+                tls_port=self.tls_port if self.tls else None,
+                tls=self.tls,
             )
+            # plugin options follow the (only) plugin line, so appending is enough
+            + (f"plugin_opt_partitions {self.partitions}\n" if self.partitions else "")
         )
         with open(self._stderr_path, "ab") as err:
             self._proc = subprocess.Popen(
@@ -486,12 +531,9 @@ class Mosquitto:
             )
 
     def _write_acl(self) -> None:
-        parts = [ACL_TEMPLATE.read_text().rstrip("\n"), ""]
-        for username, lines in self._acl_blocks.items():
-            parts += [f"user {username}", *lines, ""]
-        tmp = self.acl_path.with_suffix(".tmp")
-        tmp.write_text("\n".join(parts))
-        tmp.replace(self.acl_path)  # mosquitto never reads a half-written file
+        # mosquitto never reads a half-written file
+        product.write_atomic(self.acl_path, product.render_acl(ACL_TEMPLATE.read_text(),
+                                                               self._acl_blocks), 0o600)
 
     def _log_text(self) -> str:
         try:

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import orjson
 
-from ingest.dialects import Decoded, Problem, Undecodable, add_values, kind_of, loads, parse_ts
+from ingest.dialects import (
+    Decoded,
+    Problem,
+    Undecodable,
+    add_values,
+    keys_shown,
+    kind_of,
+    loads,
+    parse_ts,
+)
 from ingest.reasons import Reason
 
 _GROUP_KEYS = frozenset({"ts", "values", "q", "seq"})
@@ -58,7 +67,7 @@ def _group(out: Decoded, group: object, where: str, received_ms: float) -> None:
         return
     extra = group.keys() - _GROUP_KEYS
     if extra:
-        out.refuse_group(Problem(Reason.SCHEMA, f"unknown key(s) {sorted(extra)}; group refused",
+        out.refuse_group(Problem(Reason.SCHEMA, f"unknown key(s) {keys_shown(extra)}; group refused",
                                  where), values)
         return
     if "ts" not in group:
