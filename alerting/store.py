@@ -77,7 +77,10 @@ async def apply(conn: psycopg.AsyncConnection, changes: Changes,
             log.warning("closed warning still active in the engine: re-homed as new warnings",
                         moved=rehomed)
     async with conn.cursor() as cur:
-        rows = {id(a): a for a in [*changes.raised, *changes.cleared, *changes.peaked]}.values()
+        # Cleared alarms first: when one batch clears a condition and raises it again (a
+        # backlog of one sensor's readings), the old row must stop being active before the
+        # new one is written, or the one-active-alarm index refuses the batch.
+        rows = {id(a): a for a in [*changes.cleared, *changes.raised, *changes.peaked]}.values()
         rows = [a for a in rows if a.id is not None and id(a.warning) not in dropped]
         if rows:
             await cur.executemany(

@@ -16,11 +16,13 @@ import numpy as np
 SENSOR_FAULTS = ("spike", "drift", "stuck", "noise", "dropout")
 GATEWAY_FAULTS = ("gateway_offline", "clock_skew", "duplicate", "out_of_order", "malformed")
 
-# Faults the rule packs should turn into a warning: (cause, expected level, how long the fault
-# must last before the engine can see it - None: at once).
+# Faults that legitimately open a warning, and its cause in the rule packs; the level and
+# whether the engine can see the fault at all follow from the packs (Scenario._fault_truth).
 FAULT_TRUTH = {
-    "gateway_offline": ("data_interruption", "yellow"),
-    "stuck": ("sensor_fault", "blue"),
+    "gateway_offline": "data_interruption",
+    "stuck": "sensor_fault",
+    "dropout": "data_interruption",
+    "clock_skew": "data_interruption",
 }
 
 
@@ -106,5 +108,7 @@ def apply_gateway_faults(messages: list[Message], faults: list[Fault],
             out.append(Message(f.at + f.duration, b"", 0, "reconnect"))
         elif f.kind not in GATEWAY_FAULTS:
             raise ValueError(f"{f.kind} is not a gateway fault ({', '.join(GATEWAY_FAULTS)})")
-    out.sort(key=lambda m: m.at)
+    # a reconnect goes before a message of the same instant: that message is after the
+    # outage window, so it is sent on the new link
+    out.sort(key=lambda m: (m.at, m.action != "reconnect"))
     return out

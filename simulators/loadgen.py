@@ -17,14 +17,16 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import queue
+import selectors
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+import paho.mqtt.client as mqtt
 
 from hazardwatch.registry import credit_code_check_character
-from simulators.mqttout import PER_MESSAGE, GatewayPublisher
+from simulators.mqttout import PER_MESSAGE, PublishError, readings_topic, state_topic
 
 REGION = "370105"  # 天桥区, 济南市
 GATEWAYS_PER_ENTERPRISE = 10
@@ -109,80 +111,270 @@ class ProcessResult:
         return self.acked / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-def _messages(spec: GatewaySpec, per_message: int):
-    """Endless (ts_ms, payload, readings) of one gateway: its tags in ≤ 50-reading
-    messages, a new millisecond for each message, never behind the wall clock."""
-    last = 0
-    k = 0
-    chunks = [spec.tags[i:i + per_message] for i in range(0, len(spec.tags), per_message)]
-    while True:
-        for chunk in chunks:
-            ts = max(int(time.time() * 1000), last + 1)
-            last = ts
+VALUE_CYCLE = 20  # value patterns a gateway cycles through (payloads encoded once, at start)
+TICK_S = 0.01      # publish in bursts of about this much time's readings
+REPORT_S = 0.1     # how often the shared `acked` counter is brought up to date
+STALL_S = 30.0     # no PUBACK for this long while the window is full: an error
+
+
+class MessageStream:
+    """One gateway's endless readings messages, cheap to produce: its tags in
+    ≤ per_message-reading messages, each with a new millisecond never behind the wall
+    clock (strictly increasing, so every reading is a distinct (sensor, ts) row).
+
+    The `values` objects are JSON-encoded once at start (VALUE_CYCLE patterns per chunk of
+    tags: temperatures 20.0-39.9 °C, changing from one message to the next); a message is
+    the timestamp formatted in front of one of them, not a dict encoded per message."""
+
+    def __init__(self, spec: GatewaySpec, per_message: int = PER_MESSAGE) -> None:
+        chunks = [spec.tags[i:i + per_message] for i in range(0, len(spec.tags), per_message)]
+        self._bodies: list[tuple[bytes, int]] = []
+        for k in range(VALUE_CYCLE * len(chunks)):
+            chunk = chunks[k % len(chunks)]
             values = {t: round(20.0 + ((k * 7 + j) % 200) / 10.0, 1) for j, t in enumerate(chunk)}
-            k += 1
-            yield orjson.dumps({"ts": ts, "values": values}), len(chunk)
+            self._bodies.append((orjson.dumps(values), len(chunk)))
+        self._k = 0
+        self._last = 0
+
+    def next(self, now_ms: int) -> tuple[bytes, int]:
+        """(payload, readings) of the next message, stamped `now_ms` or just after the last."""
+        ts = now_ms if now_ms > self._last else self._last + 1
+        self._last = ts
+        body, n = self._bodies[self._k]
+        self._k = (self._k + 1) % len(self._bodies)
+        return b'{"ts":%d,"values":%b}' % (ts, body), n
+
+
+class _Gateway:
+    """One gateway's own MQTT v5 connection (client id, username `<enterprise>/<gateway>`,
+    last will `offline`), driven by its process's single event loop instead of a paho
+    network thread: no thread per gateway, no locks. A reading counts once the broker's
+    PUBACK for its message arrives with a success reason code."""
+
+    def __init__(self, spec: GatewaySpec, client_id: str, password: str, per_message: int,
+                 max_inflight: int) -> None:
+        self.username = spec.username
+        self.topic = readings_topic(spec.enterprise, spec.gateway)
+        self.state = state_topic(spec.enterprise, spec.gateway)
+        self.stream = MessageStream(spec, per_message)
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        c.username_pw_set(self.username, password)
+        c.max_inflight_messages_set(max_inflight)
+        c.max_queued_messages_set(0)
+        c.will_set(self.state, b"offline", qos=1, retain=True)
+        c.on_connect = self._on_connect
+        c.on_publish = self._on_publish
+        self.client = c
+        self.connect_rc: mqtt.ReasonCode | None = None
+        self.pending: dict[int, int] = {}     # mid -> readings, until its PUBACK
+        self.acked = 0
+        self.refused: dict[str, int] = {}     # PUBACK failure reason -> messages
+        self.writing = False                  # registered for EVENT_WRITE
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connect_rc = reason_code
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        n = self.pending.pop(mid, 0)
+        if reason_code.is_failure:
+            self.refused[str(reason_code)] = self.refused.get(str(reason_code), 0) + 1
+        else:
+            self.acked += n
+
+    def publish(self, topic: str, payload: bytes, readings: int, retain: bool = False) -> None:
+        # no network thread and no socket-register callback: paho writes right here
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise PublishError(f"{self.username}: publish failed: {mqtt.error_string(info.rc)}")
+        self.pending[info.mid] = readings
+
+
+class _Loop:
+    """The process's gateways on one selector: reads PUBACKs, finishes partial writes."""
+
+    def __init__(self) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.gateways: list[_Gateway] = []
+
+    def add(self, gw: _Gateway, host: str, port: int, keepalive: int = 30) -> None:
+        try:
+            gw.client.connect(host, port, keepalive=keepalive)   # sends CONNECT
+        except OSError as exc:
+            raise PublishError(f"{gw.username}: cannot reach broker {host}:{port}: {exc}") from exc
+        self.gateways.append(gw)
+        self.sel.register(gw.client.socket(), selectors.EVENT_READ, gw)
+        self.want_write(gw)
+
+    def want_write(self, gw: _Gateway) -> None:
+        """Watch for writability only while paho holds unsent bytes (a full socket buffer)."""
+        if gw.client.want_write() != gw.writing:
+            gw.writing = not gw.writing
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if gw.writing else 0)
+            self.sel.modify(gw.client.socket(), events, gw)
+
+    def pump(self, timeout: float | None) -> int:
+        """Handle ready sockets (waiting up to `timeout` s for one); returns how many."""
+        events = self.sel.select(timeout)
+        for key, mask in events:
+            gw: _Gateway = key.data
+            if mask & selectors.EVENT_READ:
+                rc = gw.client.loop_read()
+                if rc != mqtt.MQTT_ERR_SUCCESS:
+                    raise PublishError(f"{gw.username}: connection lost: {mqtt.error_string(rc)}")
+            if mask & selectors.EVENT_WRITE:
+                rc = gw.client.loop_write()
+                if rc != mqtt.MQTT_ERR_SUCCESS:
+                    raise PublishError(f"{gw.username}: connection lost: {mqtt.error_string(rc)}")
+            self.want_write(gw)
+        return len(events)
+
+    def misc(self) -> None:
+        """Keepalive (PINGREQ when due); paho wants this about once a second."""
+        for gw in self.gateways:
+            gw.client.loop_misc()
+
+    def until(self, done, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        next_misc = time.monotonic() + 1.0
+        while not done():
+            now = time.monotonic()
+            if now >= deadline:
+                raise PublishError(f"{what} after {timeout:g} s")
+            self.pump(min(0.05, deadline - now))
+            if now >= next_misc:
+                self.misc()
+                next_misc = now + 1.0
+
+    def outstanding(self) -> int:
+        return sum(len(gw.pending) for gw in self.gateways)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """`offline` (retained) from every gateway, acknowledged, then DISCONNECT."""
+        try:
+            for gw in self.gateways:
+                if gw.client.is_connected():
+                    gw.publish(gw.state, b"offline", 0, retain=True)
+                    self.want_write(gw)
+            self.until(lambda: self.outstanding() == 0, timeout, "no PUBACK for `offline`")
+        finally:
+            for gw in self.gateways:
+                with contextlib.suppress(Exception):
+                    self.sel.unregister(gw.client.socket())
+                with contextlib.suppress(Exception):
+                    gw.client.disconnect()   # written at once; paho then closes the socket
+            self.sel.close()
 
 
 def worker(index: int, specs: list[GatewaySpec], host: str, port: int, password: str, rate: float,
            duration: float, per_message: int, start_at: float, results, acked_counter=None,
            max_outstanding: int = 100) -> None:
-    """One process: connect its gateways, publish at `rate` readings/s for `duration` s."""
-    pubs: list[GatewayPublisher] = []
+    """One process: connect its gateways, publish at `rate` readings/s for `duration` s.
+
+    Everything runs on this one thread: a token bucket refilled each wakeup, bursts of
+    about TICK_S worth of readings spread round robin over the gateways (each keeps at most
+    `max_outstanding` messages awaiting their PUBACK), then a sleep; PUBACKs are read in
+    batches when it wakes."""
+    loop = _Loop()
     sent = 0
     t0 = time.monotonic()
+    reported = 0
+
+    def acked() -> int:
+        return sum(gw.acked for gw in loop.gateways)
+
     try:
         for s in specs:
-            pubs.append(GatewayPublisher(host, port, s.enterprise, s.gateway, password,
-                                         client_id=f"{s.username}-lg{index}",
-                                         per_message=per_message).connect())
-        streams = [_messages(s, per_message) for s in specs]
+            loop.add(_Gateway(s, f"{s.username}-lg{index}", password, per_message, max_outstanding + 2),
+                     host, port)
+        loop.until(lambda: all(gw.connect_rc is not None for gw in loop.gateways),
+                   10.0 + 0.05 * len(specs), "no CONNACK for every gateway")
+        refused = [gw for gw in loop.gateways if gw.connect_rc.is_failure]
+        if refused:
+            raise PublishError(f"{refused[0].username}: broker refused the connection "
+                               f"({refused[0].connect_rc}); {len(refused)} gateways refused")
+        for gw in loop.gateways:
+            gw.publish(gw.state, b"online", 0, retain=True)
+            loop.want_write(gw)
         # everyone starts together (wall clock, shared between processes)
-        time.sleep(max(0.0, start_at - time.time()))
+        while (wait := start_at - time.time()) > 0:
+            loop.pump(min(wait, 0.5))
         t0 = time.monotonic()
         deadline = t0 + duration
         burst = max(float(per_message), rate * 0.05)  # at most 50 ms of readings at once
+        step = min(burst, max(float(per_message), rate * TICK_S))
         tokens = float(per_message)
         last = t0
-        reported = 0
-        i = 0
+        next_misc = t0 + 1.0
+        next_report = t0 + REPORT_S
+        gws = loop.gateways
+        n_gw = len(gws)
+        rr = 0
+        progress_at = t0      # last time a PUBACK arrived or a message went out
         while True:
             now = time.monotonic()
             if now >= deadline:
                 break
             tokens = min(burst, tokens + (now - last) * rate)
             last = now
-            if tokens < per_message:
-                time.sleep(min((per_message - tokens) / rate, deadline - now))
+            if loop.pump(0):
+                progress_at = now
+            blocked = False
+            if tokens >= per_message:
+                now_ms = int(time.time() * 1000)
+                skipped = 0
+                while tokens >= per_message:
+                    gw = gws[rr]
+                    rr = rr + 1 if rr + 1 < n_gw else 0
+                    if len(gw.pending) >= max_outstanding:
+                        skipped += 1
+                        if skipped >= n_gw:
+                            blocked = True
+                            break
+                        continue
+                    skipped = 0
+                    payload, n = gw.stream.next(now_ms)
+                    gw.publish(gw.topic, payload, n)
+                    if gw.client.want_write():    # socket buffer full: finish when writable
+                        loop.want_write(gw)
+                    tokens -= n
+                    sent += n
+                    progress_at = now
+            if now >= next_report:
+                next_report = now + REPORT_S
+                if acked_counter is not None:
+                    done = acked()
+                    with acked_counter.get_lock():
+                        acked_counter.value += done - reported
+                    reported = done
+                if now >= next_misc:
+                    next_misc = now + 1.0
+                    loop.misc()
+            if blocked:      # every gateway's window is full: wait for PUBACKs
+                if now - progress_at > STALL_S:
+                    raise PublishError(f"{loop.outstanding()} messages unacknowledged after {STALL_S:g} s")
+                loop.pump(min(0.05, deadline - now))
                 continue
-            pub = pubs[i % len(pubs)]
-            payload, n = next(streams[i % len(pubs)])
-            pub.wait_outstanding(max_outstanding)
-            pub.publish_payload(payload, n)
-            tokens -= n
-            sent += n
-            i += 1
-            if acked_counter is not None and i % 20 == 0:
-                done = sum(p.acked_readings for p in pubs)
-                with acked_counter.get_lock():
-                    acked_counter.value += done - reported
-                reported = done
-        for p in pubs:
-            p.flush(60)
+            if tokens < step:  # sleep until the next burst is due; PUBACKs wait in the sockets
+                time.sleep(min((step - tokens) / rate, deadline - now))
+        loop.until(lambda: loop.outstanding() == 0, 60.0, "messages unacknowledged")
         elapsed = time.monotonic() - t0
-        acked = sum(p.acked_readings for p in pubs)
+        done = acked()
         if acked_counter is not None:
             with acked_counter.get_lock():
-                acked_counter.value += acked - reported
-        results.put(ProcessResult(index, len(specs), sent, acked, elapsed))
+                acked_counter.value += done - reported
+        refused = {}
+        for gw in loop.gateways:
+            for reason, k in gw.refused.items():
+                refused[reason] = refused.get(reason, 0) + k
+        error = ("broker refused messages: " + ", ".join(f"{k} × {r}" for r, k in refused.items())
+                 if refused else None)
+        results.put(ProcessResult(index, len(specs), sent, done, elapsed, error))
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which shows it
-        acked = sum(p.acked_readings for p in pubs)
-        results.put(ProcessResult(index, len(specs), sent, acked, time.monotonic() - t0,
+        results.put(ProcessResult(index, len(specs), sent, acked(), time.monotonic() - t0,
                                   f"{type(exc).__name__}: {exc}"))
     finally:
-        for p in pubs:
-            with contextlib.suppress(Exception):
-                p.close(timeout=10)
+        with contextlib.suppress(Exception):
+            loop.close()
 
 
 # ---------------------------------------------------------------------------- the run
@@ -229,6 +421,7 @@ class LoadGen:
         self.acked = ctx.Value("q", 0)
         self._results = ctx.Queue()
         start_at = time.time() + start_delay + 0.2 * len(fleet.gateways) / processes / 50
+        self.start_at = start_at  # wall clock: the workers begin publishing together then
         self._procs = []
         for i in range(processes):
             part = list(fleet.gateways[i::processes])

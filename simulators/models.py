@@ -136,17 +136,30 @@ SITE_KINDS = {
 }
 
 INCIDENTS = {
-    # incident kind: (site kind, [(cause in the rule pack, expected level)])
-    # Levels as the packs grade them on the site's hazard grade (TF grade 2, GP/DS grade 3:
-    # no grade adjustment): e.g. overfill = HH (orange) on both level instruments of the tank
-    # (agree bonus) -> red.
-    "tank_overfill": ("major_hazard", [("overfill", "red")]),
-    "toxic_release": ("major_hazard", [("toxic_gas", "orange")]),
-    "gas_leak": ("gas_pipeline", [("pressure_loss", "red"), ("methane_adjacent", "red")]),
-    "bag_break": ("dust_explosion", [("bag_break", "red")]),
-    "blockage": ("dust_explosion", [("blockage", "orange")]),
-    "hopper_over_temperature": ("dust_explosion", [("hopper_over_temperature", "orange")]),
+    # incident kind: (site kind, [(cause in the rule pack, expected level, sustained)])
+    # Levels as the packs grade the incident's signature on a site of the kind's usual hazard
+    # grade (TF grade 2, GP/DS grade 3: no grade adjustment): e.g. overfill = HH (orange) on
+    # both level instruments of the tank (agreement) -> red. `sustained`: the condition holds
+    # for the whole incident, so when the incident lasts at least the cause's duration window
+    # (the pack's `duration.s`) the expected level includes the pack's duration bonus (a hot
+    # hopper for 15 min is red). Sparks come and go (each clears a minute later), so they
+    # never count as sustained.
+    "tank_overfill": ("major_hazard", [("overfill", "red", True)]),
+    "toxic_release": ("major_hazard", [("toxic_gas", "orange", True)]),
+    "gas_leak": ("gas_pipeline", [("pressure_loss", "red", True), ("methane_adjacent", "red", True)]),
+    "bag_break": ("dust_explosion", [("bag_break", "red", True)]),
+    "blockage": ("dust_explosion", [("blockage", "orange", True)]),
+    # A smouldering hopper: the temperature climbs and embers reach the spark detector
+    # (`sparks` of them, default 6; `sparks: 0` for a fire without any).
+    "hopper_over_temperature": ("dust_explosion", [("hopper_over_temperature", "orange", True),
+                                                   ("sparks", "yellow", False)]),
 }
+
+# Per incident kind, consequences that only happen when a parameter says so (cause -> test).
+INCIDENT_CONDITIONAL = {
+    ("hopper_over_temperature", "sparks"): lambda params: int(params.get("sparks", HOPPER_SPARKS)) > 0,
+}
+HOPPER_SPARKS = 6
 
 
 def make_site(kind: str, n: int, enterprise_gateway_prefix: str = "") -> SiteSpec:
@@ -229,14 +242,21 @@ def _tank_farm(site: SiteSpec, seed: int, t1: float, tod0: float,
             if inc.kind == "tank_overfill" and inc.params.get("tank", 1) == j:
                 # A transfer that is not stopped: the level climbs through H and HH
                 # (peak above HH, below the top of the tank), then is pumped back down.
+                # Afterwards the excess is pumped out at a transfer pump's rate (`pump_out`
+                # m/h) until the level meets the tank's schedule again - a tank is never
+                # emptied by metres a minute, which would look like a rupture (low_level).
                 peak = float(inc.params.get("peak", 19.0))
+                pump_out = float(inc.params.get("pump_out", 3.0)) / 3600.0
                 start = float(np.interp(inc.at, kts, kls))
                 climb = np.clip((t - inc.at) / (0.7 * inc.duration), 0, 1)
                 during = start + (peak - start) * climb
-                back = np.clip((t - inc.at - inc.duration) / 1800.0, 0, 1)
-                over = np.where(t < inc.at, level, (1 - back) * during + back * level)
+                end = inc.at + inc.duration
+                down = peak - pump_out * (t - end)
+                after = np.maximum(level, down)
+                over = np.where(t < inc.at, level, np.where(t < end, during, after))
                 rate = np.where((t >= inc.at) & (t < inc.at + 0.7 * inc.duration),
                                 (peak - start) / (0.7 * inc.duration), rate)
+                rate = np.where((t >= end) & (down > level), -pump_out, rate)
                 level = over
         hour = hour_of_day(t, tod0)
         # Two level instruments (radar, servo) agree within a few millimetres.
@@ -340,13 +360,22 @@ def _dust(site: SiteSpec, seed: int, t1: float, tod0: float,
             dp = dp * (1 - 0.65 * e)
             dust = dust + float(inc.params.get("dust", 40)) * e
         elif inc.kind == "blockage":
-            e = envelope(t5, inc.at, inc.duration, 0.5 * inc.duration, 300)
+            # Cleared by restoring the pulse cleaning: ΔP comes back down over a few cleaning
+            # cycles (`recover` s, default 20 min), not in one step (a step would be a ΔP
+            # drop as fast as a torn bag's).
+            e = envelope(t5, inc.at, inc.duration, 0.5 * inc.duration,
+                         float(inc.params.get("recover", 1200)))
             dp = dp + float(inc.params.get("rise", 1400)) * e
         elif inc.kind == "hopper_over_temperature":
             e = envelope(t10, inc.at, inc.duration, 0.5 * inc.duration, 1200)
             temp = temp + float(inc.params.get("rise", 55)) * e
+            # Embers reach the spark detector while the hopper is hot: `sparks` single
+            # counts at distinct 5-s readings where the fire is at least half developed.
             e5 = envelope(t5, inc.at, inc.duration, 0.5 * inc.duration, 1200)
-            sparks = sparks + (rng.random(t5.size) < 0.02 * e5)
+            hot = np.flatnonzero(e5 >= 0.5)
+            n = min(int(inc.params.get("sparks", HOPPER_SPARKS)), hot.size)
+            if n > 0:
+                sparks[rng.choice(hot, size=n, replace=False)] += 1
     dust10 = np.interp(t10, t5, dust)
     return {
         f"{dc}.DPT": (t5, dp),

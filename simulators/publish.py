@@ -8,7 +8,9 @@ played at N× speed: a batch is sent when its last reading is due.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -78,11 +80,16 @@ class _Gateway:
             self.pending = [i for i in self.pending if not i.is_published()]
 
     def drop_link(self) -> None:
-        """Lose the link without DISCONNECT: the broker publishes the last-will."""
+        """Lose the link without DISCONNECT: the broker publishes the last-will. The socket is
+        shut down before paho's loop is stopped, so the will goes out at once (stopping the
+        loop first can take up to its 1-s select timeout)."""
         self.flush(5)
         c, self.client = self.client, None
-        c.loop_stop()
         sock = c.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        c.loop_stop()
         if sock is not None:
             sock.close()
 
@@ -108,10 +115,16 @@ class _Gateway:
 def publish(scenario: Scenario, *, host: str, port: int, passwords: Callable[[str, str], str],
             speed: float | None = None, now: float | None = None,
             progress: Callable[[float, Summary], None] | None = None,
-            stop: threading.Event | None = None, base_epoch: float | None = None) -> Summary:
+            stop: threading.Event | None = None, base_epoch: float | None = None,
+            sending: Callable[[float, str, str], None] | None = None,
+            before_close: Callable[[Summary], None] | None = None) -> Summary:
     """Publish the whole scenario; returns per-gateway counts. `passwords(ent, gw)` gives each
     gateway's MQTT password. `progress(scenario_seconds_done, summary)` is called as it goes;
-    setting `stop` ends it early (gateways still send their retained offline)."""
+    setting `stop` ends it early (gateways still send their retained offline).
+    `sending(at, username, action)` is called just before each message or link action
+    (publish | drop | reconnect) of scenario time `at` goes out (an evaluation's clock and
+    back-pressure); `before_close(summary)`, after the last message is acknowledged and
+    before the gateways say `offline` (the scenario is over then)."""
     speed = float(speed or scenario.speed)
     wall0 = time.time() if now is None else now
     base = shift_base(scenario.duration, speed, wall0) if base_epoch is None else base_epoch
@@ -138,6 +151,8 @@ def publish(scenario: Scenario, *, host: str, port: int, passwords: Callable[[st
             if delay > 0 and stop.wait(delay):
                 break
             g, st = gws[user], summary.gateways[user]
+            if sending is not None and (m.action != "publish" or g.client is not None):
+                sending(at, user, m.action)
             if m.action == "drop":
                 g.drop_link()
                 st.drops += 1
@@ -153,6 +168,11 @@ def publish(scenario: Scenario, *, host: str, port: int, passwords: Callable[[st
             if progress is not None:
                 progress(min(at, scenario.duration), summary)
         summary.stopped = stop.is_set()
+        if before_close is not None:
+            for g in gws.values():
+                if g.client is not None:
+                    g.flush(10)
+            before_close(summary)
     finally:
         for g in gws.values():
             if g.client is not None:

@@ -30,6 +30,7 @@ import numpy as np
 import orjson
 import yaml
 
+from rules.model import Cond, Level, SensorRules
 from simulators.faults import (
     FAULT_TRUTH,
     GATEWAY_FAULTS,
@@ -39,7 +40,16 @@ from simulators.faults import (
     apply_gateway_faults,
     apply_sensor_fault,
 )
-from simulators.models import INCIDENTS, SITE_KINDS, Incident, SiteSpec, make_site, simulate_site
+from simulators.models import (
+    INCIDENT_CONDITIONAL,
+    INCIDENTS,
+    SITE_KINDS,
+    Incident,
+    SensorDef,
+    SiteSpec,
+    make_site,
+    simulate_site,
+)
 
 BATCH_READINGS = 50
 # A gateway publishes each scan as it takes it: a message closes at 50 readings or when the
@@ -162,18 +172,75 @@ class Scenario:
                 "# enterprises with valid GB 32100-2015 check characters).\n")
         return head + yaml.safe_dump(self.registry(), allow_unicode=True, sort_keys=False)
 
-    def truth(self) -> list[TruthEntry]:
+    def truth(self, packs: dict | None = None) -> list[TruthEntry]:
+        """What a correct centre should see: per incident the causes its signature feeds,
+        per fault the warning it legitimately opens (a dropout is a data interruption, a
+        frozen transmitter a sensor fault), with the level the rule packs' policy gives it
+        (see models.INCIDENTS and `_fault_truth`). `packs`: default the shipped ones."""
+        from rules.packs import load_packs
+
+        packs = load_packs() if packs is None else packs
         out = []
         for sid, inc in self.incidents:
-            for cause, level in INCIDENTS[inc.kind][1]:
+            pack = packs[self.site(sid).kind]
+            for cause, level, sustained in INCIDENTS[inc.kind][1]:
+                test = INCIDENT_CONDITIONAL.get((inc.kind, cause))
+                if test is not None and not test(inc.params):
+                    continue
+                level = _escalated(pack, cause, level, inc.duration if sustained else 0.0)
                 out.append(TruthEntry(sid, self.enterprise_of(sid).code, cause, level,
                                       inc.at, inc.at + inc.duration, inc.kind))
         for sid, f in self.faults:
-            if f.kind in FAULT_TRUTH:
-                cause, level = FAULT_TRUTH[f.kind]
-                out.append(TruthEntry(sid, self.enterprise_of(sid).code, cause, level,
-                                      f.at, f.at + f.duration, f.kind))
+            out += self._fault_truth(sid, f, packs[self.site(sid).kind])
         return sorted(out, key=lambda x: (x.start_s, x.site))
+
+    def _fault_truth(self, sid: str, f: Fault, pack) -> list[TruthEntry]:
+        """The warning a fault legitimately opens, when the engine can see it at all:
+        - gateway_offline: the last-will at once -> data_interruption (offline: yellow);
+        - stuck: after the sensor's flat-line window -> sensor_fault (blue);
+        - dropout: after nodata_k x interval of silence -> data_interruption (no_data: blue);
+        - clock_skew: when the gateway's clock steps back by |offset| (at the end of a skew
+          ahead, at the start of one behind) its next readings are older than ones already
+          evaluated, and the rule engine ignores late readings (they never rewind state or
+          refresh the no-data clock): for |offset| no new reading arrives, so every sensor of
+          that gateway whose no-data time is shorter goes no_data (blue; the cause's
+          agreement bonus when enough of them do).
+        Spike, drift, noise, duplicates, out-of-order and malformed payloads open nothing
+        by design (on-delays, de-duplication; no sensor-disagreement rule)."""
+        site, ent = self.site(sid), self.enterprise_of(sid).code
+        cause = next((c for c in pack.causes if c.name == FAULT_TRUTH.get(f.kind, "")), None)
+        if cause is None:
+            return []
+
+        def entry(level: str, start: float, end: float, hold: float) -> list[TruthEntry]:
+            return [TruthEntry(sid, ent, cause.name, _escalated(pack, cause.name, level, hold),
+                               start, end, f.kind)]
+
+        if f.kind == "gateway_offline":
+            return entry(cause.base[Cond.OFFLINE].name.lower(), f.at, f.at + f.duration, f.duration)
+        if f.kind in ("stuck", "dropout"):
+            rules = sensor_rules(pack, site.sensor(f.target))
+            seen = (rules.stuck_window_s if f.kind == "stuck"
+                    else rules.nodata_k * rules.interval_s)
+            cond = Cond.STUCK if f.kind == "stuck" else Cond.NO_DATA
+            if seen != seen or f.duration <= seen:      # off (NaN) or too short to see
+                return []
+            return entry(cause.base[cond].name.lower(), f.at, f.at + f.duration, f.duration - seen)
+        if f.kind == "clock_skew":
+            offset = float(f.params.get("offset_s", 120))
+            role = next(r for r, g in site.gateways.items() if g == f.target)
+            silent = [r.nodata_k * r.interval_s for r in
+                      (sensor_rules(pack, x) for x in site.sensors if x.gateway == role)]
+            seen = [s for s in silent if s < abs(offset)]
+            if not seen:
+                return []
+            level = int(cause.base[Cond.NO_DATA])
+            if len(seen) >= cause.agree_n and cause.base[Cond.NO_DATA] >= cause.agree_min:
+                level += cause.agree_bonus
+            level = min(level, int(cause.max_level))
+            start = f.at + f.duration if offset > 0 else f.at
+            return entry(Level(level).name.lower(), start, start + abs(offset), 0.0)
+        return []
 
     def truth_json(self, base_epoch: float | None = None) -> bytes:
         doc = {"scenario": self.name, "seed": self.seed, "scenario_start": self.start.isoformat(),
@@ -239,6 +306,32 @@ class Scenario:
             messages.append(Message(float(all_t[-1]), orjson.dumps(batch), count))
         rng = np.random.default_rng([self.seed, 11, *gateway.encode()])
         return apply_gateway_faults(messages, faults, rng)
+
+
+def sensor_spec(x: SensorDef):
+    """A simulated sensor as the rule engine's registry slice sees it."""
+    from rules.packs import SensorSpec
+
+    lim = x.limits
+    return SensorSpec(tag=x.tag, kind=x.kind, unit=x.unit, range_lo=float(x.range[0]),
+                      range_hi=float(x.range[1]), ll=lim.get("ll"), l=lim.get("l"), h=lim.get("h"),
+                      hh=lim.get("hh"), interval_s=float(x.interval_s))
+
+
+def sensor_rules(pack, x: SensorDef) -> SensorRules:
+    from rules.packs import effective_rules
+
+    return effective_rules(pack, sensor_spec(x))[0]
+
+
+def _escalated(pack, cause_name: str, level: str, hold_s: float) -> str:
+    """`level` with the cause's duration bonus when its condition holds for hold_s or more
+    (the pack's own escalation policy: the level rises with the duration)."""
+    cause = next(c for c in pack.causes if c.name == cause_name)
+    lv = Level[level.upper()]
+    if cause.duration_bonus and hold_s >= cause.duration_s:
+        lv = Level(max(int(Level.BLUE), min(int(cause.max_level), int(lv) + cause.duration_bonus)))
+    return lv.name.lower()
 
 
 # ---------------------------------------------------------------------------- loading

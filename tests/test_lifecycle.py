@@ -442,6 +442,25 @@ async def test_a_retried_write_records_each_engine_event_once(dsn):
         assert await cur.fetchall() == [(first_id, 1)]
 
 
+async def test_one_batch_that_clears_a_condition_and_raises_it_again_is_written(dsn):
+    """A backlog of one sensor's readings in one batch (a gateway catching up, a fast
+    replay): H clears and is raised again. The cleared alarm row is written before the new
+    one, so the one-active-alarm index takes the batch instead of refusing it."""
+    async with await connect(dsn) as conn:
+        engine = Engine(load_packs())
+        engine.load(await registry_rows(conn))
+        lt = await sensor_id(conn, "TK1.LT")
+        async with conn.transaction():
+            await store.apply(conn, feed(engine, lt, [(0, 16.5), (10, 16.6)]), RECEIVERS)
+        # under H for longer than the off-delay, then over H for the on-delay: one batch
+        changes = feed(engine, lt, [(t, 15.0) for t in range(20, 100, 10)] + [(100, 16.5), (110, 16.6)])
+        assert "h" in {str(a.cond) for a in changes.cleared} & {str(a.cond) for a in changes.raised}
+        async with conn.transaction():
+            await store.apply(conn, changes, RECEIVERS)
+        cur = await conn.execute("SELECT active FROM alarms WHERE condition = 'h' ORDER BY id")
+        assert await cur.fetchall() == [(False,), (True,)]
+
+
 async def close_it(conn, warning_id: int) -> None:
     kw = {"receivers": RECEIVERS}
     await lifecycle.acknowledge(conn, warning_id, "zhang", **kw)
