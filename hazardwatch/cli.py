@@ -222,6 +222,24 @@ def rules_explain(settings: Settings, tag: str, enterprise: str | None,
         click.echo(line)
 
 
+def _gateway_commands() -> None:
+    from hazardwatch.gateways import gateway_group  # stdlib + click only
+
+    main.add_command(gateway_group)
+
+
+_gateway_commands()
+
+
+def _partitions_commands() -> None:
+    from hazardwatch.partitions_cmd import partitions_group  # click only at import
+
+    main.add_command(partitions_group)
+
+
+_partitions_commands()
+
+
 @main.group("user")
 def user_group() -> None:
     """People who sign in to the API and console (officers, enterprises, admins)."""
@@ -565,97 +583,93 @@ def simulate(settings: Settings, scenario: str, speed: float | None, registry_on
 @main.command()
 @click.argument("scenario")
 @click.option("--offline", is_flag=True,
-              help="straight through the rule engine, in event time (required for now)")
+              help="straight through the rule engine in event time (no broker, no database)")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path),
               help="also write the scores as JSON here ('-' for stdout)")
 @click.option("--grace", default="30m", show_default=True,
               help="a warning raised up to this long after an incident's end still detects it")
 @click.option("--chunk", default="60s", show_default=True,
-              help="feed the engine this much send time at once (rx = the chunk's end)")
+              help="offline: feed the engine this much send time at once (rx = the chunk's end)")
 @click.option("--batch-readings", type=int,
-              help="readings per gateway message (default: as `simulate` publishes; 1 = every instant)")
-def evaluate(scenario: str, offline: bool, json_file: Path | None, grace: str, chunk: str,
-             batch_readings: int | None) -> None:
+              help="offline: readings per gateway message (default: as `simulate` publishes)")
+@click.option("--speed", type=click.FloatRange(min=1),
+              help="live: N× real time (default: the scenario's speed)")
+@click.option("--database", help="live: use this database (DSN) as is; default: a throwaway "
+                                 "hw_eval_<scenario>_<pid> on HW_DATABASE_URL's server")
+@click.option("--keep", is_flag=True, help="live: keep the throwaway database (its DSN is printed)")
+@click.option("--passwords", "passwords_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="live: YAML/JSON mapping of MQTT username (<code>/<gateway>) to password")
+@click.option("--password", envvar="HW_SIM_GATEWAY_PASSWORD",
+              help="live: one MQTT password for every gateway (env HW_SIM_GATEWAY_PASSWORD); "
+                   "none: username only (an anonymous broker)")
+@click.pass_obj
+def evaluate(settings: Settings, scenario: str, offline: bool, json_file: Path | None, grace: str,
+             chunk: str, batch_readings: int | None, speed: float | None, database: str | None,
+             keep: bool, passwords_file: Path | None, password: str | None) -> None:
     """Score a scenario's warnings against its ground truth: recall, precision, detection
     delay, level accuracy, false warnings per site-day and the most warnings raised in any
-    10 minutes (EEMUA 191 flood line: 10).
+    10 minutes per desk (EEMUA 191 flood line: 10).
 
-    Only --offline exists yet (the scenario straight through the rule engine, much faster
-    than real time); running it live through the pipeline is a later task."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-    from rich.table import Table
+    Live by default: the scenario's gateways publish it over MQTT at N× speed into the real
+    pipeline (collector, PostgreSQL, rule engine) and the stored warnings are scored.
+    --offline feeds it straight through the rule engine, much faster than real time."""
+    from hazardwatch.evaluation import run_command
 
-    from simulators.evaluate import FLOOD_LINE
-    from simulators.evaluate import evaluate as run_evaluation
-    from simulators.scenario import ScenarioError, load, seconds
-
-    if not offline:
-        raise click.UsageError("only --offline is implemented yet (evaluation through the live "
-                               "pipeline is a later task): run `hazardwatch evaluate "
-                               f"{scenario} --offline`")
-    try:
-        sc = load(scenario)
-        grace_s, chunk_s = seconds(grace, "--grace"), seconds(chunk, "--chunk")
-    except (ScenarioError, OSError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    if chunk_s <= 0:
-        raise click.BadParameter("must be positive", param_hint="--chunk")
-    console = Console(stderr=json_file == Path("-"))
-    with Progress(TextColumn(f"{sc.name} offline"), BarColumn(), TimeRemainingColumn(),
-                  console=console, transient=True, disable=sc.duration < 6 * 3600) as bar:
-        task = bar.add_task("evaluate", total=sc.duration)
-        result, run = run_evaluation(sc, grace_s=grace_s, chunk_s=chunk_s,
-                                     batch_readings=batch_readings,
-                                     progress=lambda done: bar.update(task, completed=done))
-
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{x:.2f}"
-
-    table = Table(title=f"{sc.name}: incidents")
-    for col in ("site", "cause", "source", "window", "detected", "delay", "level (expected)"):
-        table.add_column(col)
-    for m in result.matches:
-        t = m.truth
-        table.add_row(t.site, t.cause, t.source, f"{t.start_s / 60:g}-{t.end_s / 60:g} min",
-                      "yes" if m.detected else "[red]no[/red]",
-                      "-" if m.delay_s is None else f"{m.delay_s:.0f} s",
-                      f"{m.level_found or '-'} ({t.level})" + ("" if m.level_ok else " [red]✗[/red]"))
-    console.print(table)
-    d = result.delays
-    summary = Table(title=f"{sc.name}: scores")
-    summary.add_column("measure")
-    summary.add_column("value", justify="right")
-    flood = result.max_per_10min
-    for name, value in (
-            ("recall", pct(result.recall)), ("precision", pct(result.precision)),
-            ("detection delay mean / max", f"{sum(d) / len(d):.0f} / {max(d):.0f} s" if d else "-"),
-            ("level accuracy", pct(result.level_accuracy)),
-            ("warnings (matched / false)",
-             f"{result.warnings} ({result.matched_warnings} / {result.false_warnings})"),
-            ("false per site-day", f"{result.false_per_site_day:.3g} ({result.site_days:.3g} site-days)"),
-            ("max raised in 10 min", f"{flood}" + (" [red]> flood line[/red]" if flood > FLOOD_LINE else "")),
-            ("readings / malformed messages", f"{run.readings} / {run.malformed}")):
-        summary.add_row(name, value)
-    console.print(summary)
-    if json_file is not None:
-        doc = {"scenario": sc.name, "mode": "offline", "grace_s": grace_s, "chunk_s": chunk_s,
-               "batch_readings": batch_readings, "readings": run.readings,
-               "malformed": run.malformed, **result.as_dict()}
-        data = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
-        if json_file == Path("-"):
-            sys.stdout.buffer.write(data + b"\n")
-        else:
-            json_file.write_bytes(data + b"\n")
+    run_command(settings, scenario, offline=offline, json_file=json_file, grace=grace,
+                chunk=chunk, batch_readings=batch_readings, speed=speed, database=database,
+                keep=keep, passwords_file=passwords_file, password=password)
 
 
 @main.command()
+@click.option("--worker", type=click.IntRange(min=0),
+              help="this collector worker's number, from 0 (default: HW_INGEST__WORKER)")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="collector workers sharing the partitions (default: HW_INGEST__WORKERS)")
 @click.pass_obj
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, worker: int | None, workers: int | None) -> None:
     """Run the pipeline: MQTT collectors, storage, rules, alerting; HTTP API and console."""
     from hazardwatch.app import run
+    from hazardwatch.settings import IngestSettings
 
+    if worker is not None or workers is not None:
+        slot = {k: v for k, v in (("worker", worker), ("workers", workers)) if v is not None}
+        try:
+            ingest = IngestSettings(**{**settings.ingest.model_dump(), **slot})
+        except ValueError as exc:
+            raise click.BadParameter(str(exc).splitlines()[-1].strip(),
+                                     param_hint="--worker/--workers") from exc
+        settings = settings.model_copy(update={"ingest": ingest})
     run(settings)
+
+
+@main.command()
+@click.option("--no-serve", is_flag=True, help="only the fleet: the pipeline runs elsewhere")
+@click.option("--speed", type=click.FloatRange(min=1), help="the first loop's N× (default: the loop's)")
+@click.option("--port", type=click.IntRange(1, 65535), help="HTTP port (default: HW_HTTP__PORT or 8080)")
+@click.option("--scenario", help="loop this scenario instead (scenarios/NAME.yaml or a file)")
+@click.option("--user-password", envvar="HW_DEMO_PASSWORD", show_envvar=True,
+              default="hazardwatch-demo", show_default=True, help="password of the users it adds")
+@click.option("--gateway-password", envvar="HW_SIM_GATEWAY_PASSWORD", show_envvar=True,
+              help="MQTT password of the fleet's gateways (default: the user password)")
+@click.pass_obj
+def demo(settings: Settings, no_serve: bool, speed: float | None, port: int | None,
+         scenario: str | None, user_password: str, gateway_password: str | None) -> None:
+    """Migrate, import a demo fleet, add demo users, serve, and run the fleet with incidents
+    on a loop (hazardwatch/demo.yaml): warnings arrive within a minute. Ctrl-C stops."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # like Ctrl-C while starting
+    try:
+        from hazardwatch.demo import DemoError, Options, run
+
+        status = run(settings, Options(serve=not no_serve, speed=speed, port=port,
+                                       scenario=scenario, user_password=user_password,
+                                       gateway_password=gateway_password))
+    except KeyboardInterrupt:
+        status = 0      # stopped while starting: nothing runs yet
+    except DemoError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -305,41 +305,47 @@ class RegistryState:
     created: bool      # the gateway was not declared in the registry; this call added it
 
 
-def in_registry(dsn: str, enterprise: str, gateway: str, password_hash: str,
-                write_files: Callable[[], object], *, register: bool) -> RegistryState:
-    """Check the registry, record the issued hash, and write the broker files inside the
-    same transaction: a refused enterprise changes nothing, and a failed file write leaves
-    the registry as it was.
+def in_registry(dsn: str, enterprise: str, gateway: str, write_files: Callable[[], object], *,
+                register: bool) -> RegistryState:
+    """Check the registry, record the issue time, and write the broker files.
+
+    Order: the registry change runs in a transaction, the broker files are written inside
+    it, then it commits. A refused enterprise or a failed file write changes nothing; a
+    commit that fails after the files were written (the database went away) leaves working
+    credentials that `gateway list` does not show as issued, and the command fails, so
+    running it again rotates them. No hash is stored here: the broker's password file is
+    its only home (a copy in the database would end up in its backups).
 
     The enterprise must be in the registry. A gateway not declared there is added (ingest
-    would refuse its data as unknown_gateway otherwise) unless register is False. The hash
-    in gateways.password_hash records that credentials were issued (`gateway list`)."""
+    would refuse its data as unknown_gateway otherwise) unless register is False."""
     from hazardwatch.db import connect_sync
 
     username = gateway_username(enterprise, gateway)
-    with connect_sync(dsn) as conn:
+    with connect_sync(dsn) as conn, conn.transaction():
         row = conn.execute("SELECT id FROM enterprises WHERE code = %s", (enterprise,)).fetchone()
         if row is None:
             raise GatewayError(f"enterprise {enterprise} is not in the registry; import it first "
                                "(hazardwatch registry import FILE) or pass --skip-registry")
         found = conn.execute(
-            "UPDATE gateways SET password_hash = %s WHERE enterprise_id = %s AND code = %s "
-            "RETURNING id", (password_hash, row[0], gateway)).fetchone()
+            "UPDATE gateways SET credentials_issued_at = now() WHERE enterprise_id = %s "
+            "AND code = %s RETURNING id", (row[0], gateway)).fetchone()
         if found is None and not register:
             raise GatewayError(f"gateway {gateway} is not declared for enterprise {enterprise} "
                                "in the registry (add it to the registry YAML, or drop --no-register)")
         if found is None:
-            conn.execute("INSERT INTO gateways (enterprise_id, code, username, password_hash) "
-                         "VALUES (%s, %s, %s, %s)", (row[0], gateway, username, password_hash))
+            conn.execute("INSERT INTO gateways (enterprise_id, code, username, "
+                         "credentials_issued_at) VALUES (%s, %s, %s, now())",
+                         (row[0], gateway, username))
         write_files()
-        return RegistryState(created=found is None)
+    return RegistryState(created=found is None)
 
 
 def clear_registered_hash(dsn: str, enterprise: str, gateway: str) -> None:
+    """Record that the gateway's credentials were revoked."""
     from hazardwatch.db import connect_sync
 
     with connect_sync(dsn) as conn:
-        conn.execute("UPDATE gateways g SET password_hash = NULL FROM enterprises e "
+        conn.execute("UPDATE gateways g SET credentials_issued_at = NULL FROM enterprises e "
                      "WHERE g.enterprise_id = e.id AND e.code = %s AND g.code = %s",
                      (enterprise, gateway))
 
@@ -349,8 +355,8 @@ def registered_usernames(dsn: str) -> dict[str, bool]:
     from hazardwatch.db import connect_sync
 
     with connect_sync(dsn) as conn:
-        return {u: h is not None for u, h in
-                conn.execute("SELECT username, password_hash FROM gateways ORDER BY username")}
+        return {u: issued is not None for u, issued in conn.execute(
+            "SELECT username, credentials_issued_at FROM gateways ORDER BY username")}
 
 
 # ---------------------------------------------------------------------------- reload
@@ -480,7 +486,7 @@ def gateway_add(settings, enterprise: str, gateway: str, password_stdin: bool, n
         if skip_registry:
             username, state = add(files, enterprise, gateway, encoded), None
         else:
-            state = in_registry(settings.dsn(), enterprise, gateway, encoded,
+            state = in_registry(settings.dsn(), enterprise, gateway,
                                 lambda: add(files, enterprise, gateway, encoded),
                                 register=not no_register)
             username = gateway_username(enterprise, gateway)

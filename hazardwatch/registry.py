@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 import psycopg
 import yaml
+from psycopg import sql
 from psycopg.types.json import Jsonb
 from pydantic import (
     BaseModel,
@@ -571,16 +572,18 @@ def _upsert(cur: psycopg.Cursor, table: str, query: str, rows: list[tuple]) -> C
     statement; count new and actually changed rows."""
     if not rows:
         return Counts()
-    columns = ", ".join(_COLUMNS[table])
-    src = f"_import_{table}"
+    columns = sql.SQL(", ").join(map(sql.Identifier, _COLUMNS[table]))
+    src = sql.Identifier("_import_" + table)
     # the target's column types, none of its constraints or defaults (no sequence is used)
-    cur.execute(f"CREATE TEMP TABLE {src} ON COMMIT DROP AS SELECT {columns} FROM {table} "
-                "WITH NO DATA")
-    with cur.copy(f"COPY {src} ({columns}) FROM STDIN") as copy:
+    cur.execute(sql.SQL("CREATE TEMP TABLE {src} ON COMMIT DROP AS SELECT {columns} "
+                        "FROM {table} WITH NO DATA").format(
+        src=src, columns=columns, table=sql.Identifier(table)))
+    with cur.copy(sql.SQL("COPY {src} ({columns}) FROM STDIN").format(
+            src=src, columns=columns)) as copy:
         for row in rows:
             copy.write_row(row)
     new = updated = 0
-    for (is_new,) in cur.execute(query.format(src=src)).fetchall():
+    for (is_new,) in cur.execute(sql.SQL(query).format(src=src)).fetchall():
         new, updated = (new + 1, updated) if is_new else (new, updated + 1)
     return Counts(len(rows), new, updated)
 

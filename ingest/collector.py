@@ -28,7 +28,15 @@ from hazardwatch.settings import Settings
 from ingest import metrics, store
 from ingest.batch import Batch, Columns, Message
 from ingest.dialects import Decoded, Dialect, all_dialects
-from ingest.partitions import ANNOUNCE_TOPIC, Assignment, Lease, LeaseLost, Router
+from ingest.partitions import (
+    ANNOUNCE_TOPIC,
+    Assignment,
+    Layout,
+    Lease,
+    LeaseLost,
+    Router,
+    claim_layout,
+)
 from ingest.reasons import Reason
 from ingest.registry_cache import RegistryCache
 
@@ -129,6 +137,7 @@ class Collector:
         if sink is not None and hasattr(sink, "lease"):
             sink.lease = self.lease
         self.fatal: str | None = None
+        self._layout: Layout | None = None
         self._stop: asyncio.Event | None = None
         self._messages_metric: dict[str, Any] = {}
 
@@ -215,6 +224,15 @@ class Collector:
             return
         self._conn = conn
         aux = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        self._layout = None  # recorded by _upkeep once the broker agreed (ingest_layout)
+        if self.settings.mqtt.session_expiry_s > 0:  # sessions outlive us: one layout only
+            a, m = self.router.assignment, self.settings.mqtt
+            layout = Layout(a.partitions, a.workers, m.client_id) if a else Layout(0, 1, m.client_id)
+            self._layout = layout
+            if (problem := await claim_layout(aux, layout, record=False)) is not None:
+                await aux.close()
+                await conn.close()
+                raise SystemExit(f"hazardwatch serve: {problem}")
         keeper = None
         if self.lease is not None:  # a standby waits here until the partitions are free
             if not await self.lease.acquire(aux, stop):
@@ -458,6 +476,13 @@ class Collector:
         last_prune = 0.0
         while not stop.is_set():
             try:
+                if self._layout is not None and self.connected and self.fatal is None:
+                    problem = await claim_layout(aux, self._layout)  # None: recorded (or same)
+                    self._layout = None
+                    if problem is not None:  # another layout started meanwhile
+                        self.fatal = problem
+                        log.error("refusing to run", reason=problem)
+                        stop.set()
                 if await self.registry.refresh(aux):
                     log.info("registry reloaded", version=self.registry.version)
                     if self.sink is not None:

@@ -185,6 +185,53 @@ class Router:
         return None
 
 
+@dataclass(frozen=True)
+class Layout:
+    """What the broker's persistent sessions were made for: P (0 unpartitioned), N and
+    the base client id. Sessions of another layout keep queueing readings after a change."""
+
+    partitions: int
+    workers: int
+    client_id: str
+
+    def describe(self) -> str:
+        if self.partitions == 0:
+            return f"unpartitioned (client id {self.client_id})"
+        ids = ", ".join(f"{self.client_id}-w{i}" for i in range(self.workers))
+        return f"{self.partitions} partitions, {self.workers} workers (client ids {ids})"
+
+
+RESET_HINT = (
+    "the broker still holds the old layout's persistent sessions and keeps queueing "
+    "readings to them. To change the layout: keep (or start again) the recorded layout's "
+    "workers until the broker's queues are empty (hazardwatch doctor / the "
+    "hw_ingest_lag_seconds metric, mosquitto $SYS/broker/store/messages/count), stop all "
+    "workers, run `hazardwatch partitions layout --reset`, then start the new layout "
+    "(docs/architecture.md \"Scaling\")")
+
+
+async def claim_layout(conn: psycopg.AsyncConnection, layout: Layout, *,
+                       record: bool = True) -> str | None:
+    """A reason to refuse to run when another layout is recorded, else None; with record,
+    `layout` is recorded when none is. The collector checks before it connects and records
+    only once the broker agreed on P, so a refused misconfiguration records nothing."""
+    if record:
+        # two statements: in READ COMMITTED the SELECT then sees a row a concurrent first
+        # worker inserted (one statement's snapshot could miss it)
+        await conn.execute("INSERT INTO ingest_layout (partitions, workers, client_id) "
+                           "VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                           (layout.partitions, layout.workers, layout.client_id))
+    cur = await conn.execute("SELECT partitions, workers, client_id FROM ingest_layout")
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    recorded = Layout(*row)
+    if recorded == layout:
+        return None
+    return (f"this collector's layout is {layout.describe()}, but the database records "
+            f"{recorded.describe()}: {RESET_HINT}")
+
+
 class LeaseLost(RuntimeError):
     """This process no longer holds its partitions; another may evaluate them now."""
 
@@ -216,6 +263,28 @@ class Lease:
         if not self.valid():
             raise LeaseLost(f"partitions {list(self.assignment.owned)} are no longer held by "
                             f"{self.owner}; refusing to evaluate rules for them")
+
+    async def confirm(self, conn: psycopg.AsyncConnection) -> None:
+        """Prove, inside the caller's write transaction, that the database still grants
+        this process every owned partition; raise LeaseLost otherwise (the caller's
+        transaction rolls back, its messages stay unacknowledged).
+
+        check() alone trusts the local clock: a process that stalls between check() and
+        commit could commit rules output after a standby took over. The FOR SHARE row
+        locks, held until this transaction ends, also make a takeover (an UPDATE of these
+        rows) wait until the commit, so the write and the lease cannot overlap another
+        owner's. clock_timestamp(), not now(): the transaction may have begun a while ago."""
+        self.check()
+        ks = list(self.assignment.owned)
+        cur = await conn.execute(
+            "SELECT partition FROM ingest_partitions WHERE owner = %s AND partition = ANY(%s) "
+            "AND expires_at > clock_timestamp() FOR SHARE", (self.owner, ks))
+        held = {k for (k,) in await cur.fetchall()}
+        if held != set(ks):
+            self._valid_until = 0.0
+            self.lost = True
+            raise LeaseLost(f"partitions {sorted(set(ks) - held)} are no longer held by "
+                            f"{self.owner} in the database; refusing to write rules output")
 
     async def try_acquire(self, conn: psycopg.AsyncConnection) -> list[tuple[int, str, float]]:
         """Claim every owned partition, or none. Returns the holders in the way: (partition,

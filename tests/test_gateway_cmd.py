@@ -179,9 +179,15 @@ def test_files_hold_only_the_issued_entries_with_private_modes(site):
                           {gw_a.username: gateway_acl_lines(ENT_A, "gw-a")})
     assert broker.acl_path.read_text() == expected
     with psycopg.connect(dsn) as conn:
-        stored = conn.execute("SELECT password_hash FROM gateways WHERE username = %s",
-                              (gw_a.username,)).fetchone()[0]
-    assert stored == users[gw_a.username]  # the registry records what was issued
+        row, issued, recent = conn.execute(
+            "SELECT to_jsonb(g)::text, credentials_issued_at IS NOT NULL, "
+            "credentials_issued_at > now() - interval '1 hour' FROM gateways g "
+            "WHERE username = %s", (gw_a.username,)).fetchone()
+    assert issued and recent  # the registry records that (and when) credentials were issued
+    # but no copy of the hash: a database backup must not allow offline guessing
+    salt_and_digest = users[gw_a.username].split("$")[3:]
+    assert len(salt_and_digest) == 2 and not any(part in row for part in salt_and_digest), row
+    assert "$7$" not in row
 
 
 def test_anonymous_and_wrong_password_are_refused(site):
@@ -272,7 +278,7 @@ def test_rotate_list_and_revoke(site):
     assert f"user {second.username}" not in broker.acl_path.read_text()
     assert f"user {ENT_A}/gw-a\n" in broker.acl_path.read_text()      # the others stay
     with psycopg.connect(dsn) as conn:
-        assert conn.execute("SELECT password_hash FROM gateways WHERE username = %s",
+        assert conn.execute("SELECT credentials_issued_at FROM gateways WHERE username = %s",
                             (second.username,)).fetchone() == (None,)
 
 

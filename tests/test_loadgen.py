@@ -13,12 +13,13 @@ import secrets
 import subprocess
 import time
 
+import orjson
 import pytest
 from dbutil import fresh_database
 from harness import HAZARDWATCH, Serve, scalar, wait_for
 
 from hazardwatch.registry import credit_code_problem, import_file, load_file
-from simulators.loadgen import Fleet, credit_code
+from simulators.loadgen import VALUE_CYCLE, Fleet, MessageStream, credit_code
 
 
 def test_synthetic_credit_codes_are_valid_and_distinct():
@@ -36,6 +37,26 @@ def test_fleet_registry_validates(tmp_path):
     sensors = [s for e in reg.enterprises for site in e.sites for s in site.sensors]
     assert len(sensors) == 23 * 60
     assert {s.gateway for s in sensors} == {g.gateway for g in fleet.gateways}
+
+
+def test_message_stream_payloads_follow_the_contract():
+    """Pre-encoded payloads: every message carries its chunk of tags with valid values and a
+    timestamp strictly after the previous one, even when the clock stands still."""
+    spec = Fleet.synthetic(1, sensors=120, seed=5).gateways[0]
+    stream = MessageStream(spec, per_message=50)
+    seen_ts, seen_tags, bodies = [], [], set()
+    for i in range(3 * VALUE_CYCLE * 3):
+        payload, n = stream.next(1_700_000_000_000 + i // 7)   # the clock lags the messages
+        doc = orjson.loads(payload)
+        assert set(doc) == {"ts", "values"}
+        assert len(doc["values"]) == n and n in (50, 20)
+        assert all(isinstance(v, float) and 20.0 <= v < 40.0 for v in doc["values"].values())
+        seen_ts.append(doc["ts"])
+        seen_tags.append(tuple(doc["values"]))
+        bodies.add(orjson.dumps(doc["values"]))
+    assert all(b > a for a, b in zip(seen_ts, seen_ts[1:], strict=False))
+    assert seen_tags[:3] == [spec.tags[:50], spec.tags[50:100], spec.tags[100:]]
+    assert len(bodies) == VALUE_CYCLE * 3                       # values change message to message
 
 
 @pytest.mark.slow
