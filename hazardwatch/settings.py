@@ -36,11 +36,15 @@ class MqttSettings(BaseModel):
 
 
 class IngestSettings(BaseModel):
-    # At most one batch transaction is in flight, so at high rates larger batches carry more
-    # (docs/performance.md: 98k/s kept up at 5,000, 122k/s at 20,000); the 100 ms timer
-    # still closes batches early at ordinary rates.
+    # Batch transactions commit one after another, so at high rates larger batches carry
+    # more (docs/performance.md); the 100 ms timer still closes batches early at ordinary
+    # rates.
     batch_readings: int = Field(default=20_000, ge=1)
     batch_ms: int = Field(default=100, ge=1)
+    # Writer connections: with 2, a batch's COPY runs while the batch before it finishes
+    # (side effects, rules output, commit, acknowledgements); commits and acknowledgements
+    # stay in order. 1: each batch's transaction starts after the previous one committed.
+    writers: int = Field(default=2, ge=1, le=2)
     max_payload_bytes: int = Field(default=256 * 1024, ge=1024)
     max_readings_per_message: int = Field(default=10_000, ge=1)
     max_future_s: int = Field(default=300, ge=0)

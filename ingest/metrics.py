@@ -19,6 +19,13 @@ BATCH_READINGS = Histogram("hw_ingest_batch_readings", "Readings per stored batc
                            buckets=(1, 10, 50, 100, 500, 1000, 2500, 5000, 10000, 25000))
 WRITE_SECONDS = Histogram("hw_ingest_write_seconds", "Batch transaction time (COPY to commit)",
                           buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+STAGE_SECONDS = Histogram(
+    "hw_ingest_stage_seconds",
+    "Wall time of each stage of a batch: finalize (columns), evaluate (rules), wait (for "
+    "the batch before it to copy), copy (readings), wait_previous (for the batch before it "
+    "to commit), side_effects (gateways, dead letters), rules_write (warnings, alarms, "
+    "events), commit, ack",
+    ["stage"], buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5))
 LAG_SECONDS = Histogram("hw_ingest_lag_seconds", "Broker receipt to commit, per message",
                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 EVENT_LAG = Gauge("hw_ingest_event_lag_seconds", "Commit time minus the newest reading's own time")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import orjson
 import psycopg
@@ -54,16 +56,44 @@ async def test_binary_copy_round_trips_values_nulls_and_quality(conn):
     assert await fetch(conn) == [(1, T, 1.25, 0), (2, T + 1, None, 2), (3, T + 2.5, -3e10, 1)]
 
 
-async def test_conflicting_batch_falls_back_and_stores_only_new_rows(conn):
+async def test_conflicting_batch_raises_then_the_slow_path_stores_only_new_rows(conn):
     async with conn.transaction():
         await store.insert_readings(conn, cols([1, 1], [T, T + 1000], [1.0, 2.0]))
+    batch = cols([1, 1, 2], [T, T + 2000, T], [9.0, 3.0, 5.0])
+    with pytest.raises(store.Conflict, match="readings_pkey"):
+        async with conn.transaction():
+            await conn.execute("INSERT INTO regions VALUES ('999999', 'rolled back', NULL)")
+            await store.insert_readings(conn, batch)
+    # the whole attempt rolled back (no savepoint): nothing of it is left
+    cur = await conn.execute("SELECT count(*) FROM regions WHERE code = '999999'")
+    assert (await cur.fetchone())[0] == 0
+    assert await fetch(conn) == [(1, T, 1.0, 0), (1, T + 1000, 2.0, 0)]
     async with conn.transaction():
-        result = await store.insert_readings(conn, cols([1, 1, 2], [T, T + 2000, T], [9.0, 3.0, 5.0]))
+        result = await store.insert_readings(conn, batch, expect_conflict=True)
     assert (result.inserted, result.duplicates, result.slow_path) == (2, 1, True)
     assert await fetch(conn) == [(1, T, 1.0, 0), (1, T + 1000, 2.0, 0), (1, T + 2000, 3.0, 0), (2, T, 5.0, 0)]
-    # the staging table is empty again and the outer transaction was not poisoned
-    cur = await conn.execute("SELECT count(*) FROM readings_staging")
+    cur = await conn.execute("SELECT count(*) FROM readings_staging")  # empty again
     assert (await cur.fetchone())[0] == 0
+
+
+async def test_encoded_rows_go_out_by_sensor_keeping_arrival_order():
+    c = cols([3, 1, 3, 2, 1], [T + 5, T + 1, T + 2, T, T + 3], [1.0, None, 3.0, 4.0, 5.0],
+             quality=[0, 1, 0, 2, 0])
+    data = store.encode_copy(c)
+    body = data[len(store._HEADER):-len(store._TRAILER)]
+    decoded, pos = [], 0
+    while pos < len(body):  # field count, then (length, bytes) per field
+        pos += 2
+        fields = []
+        for _ in range(4):
+            n = int.from_bytes(body[pos:pos + 4], "big", signed=True)
+            pos += 4
+            fields.append(None if n < 0 else body[pos:pos + n])
+            pos += max(n, 0)
+        value = None if fields[2] is None else struct.unpack(">d", fields[2])[0]
+        decoded.append((int.from_bytes(fields[1], "big"), value))
+    # non-null rows by sensor, sensor 3's two in arrival order; then the null row
+    assert decoded == [(1, 5.0), (2, 4.0), (3, 1.0), (3, 3.0), (1, None)]
 
 
 async def test_expected_conflict_goes_straight_to_the_slow_path(conn):
