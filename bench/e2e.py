@@ -78,6 +78,7 @@ TRIP_SENSORS = 10
 TRIP_HH = 50.0
 BENCH_USER = "bench-admin"
 FLOOD = 5_000_000.0  # a LoadGen rate no process reaches: paced by broker PUBACKs only
+PARTITIONS = 8       # the broker's plugin_opt_partitions when serve runs as several workers
 
 
 # ---------------------------------------------------------------------------- the rig
@@ -119,15 +120,15 @@ class Rig:
     password: str
     tmp: Path
     processes: int
+    workers: int = 1
     acked_total: int = 0          # readings the broker acknowledged while serve was the consumer
 
     def loadgen(self, rate: float, duration: float) -> LoadGen:
         return LoadGen(self.fleet, self.broker.host, self.broker.port, self.password, rate=rate,
                        duration=duration, processes=self.processes, start_delay=0.5)
 
-    def serve(self, **env: str) -> Serve:
-        return Serve(self.dsn, self.broker, self.tmp, HW_MQTT__CLIENT_ID="bench-hw",
-                     HW_LOG_LEVEL="WARNING", **env)
+    def serve(self, **env: str) -> Workers:
+        return Workers(self, self.workers, **env)
 
     def sql(self, query: str, params=()) -> list[tuple]:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
@@ -135,12 +136,43 @@ class Rig:
             return cur.fetchall() if cur.description else []
 
 
+class Workers:
+    """`hazardwatch serve` as one collector, or as N collector workers sharing the broker's
+    partitions (MQTT v5 shared subscriptions, leases in PostgreSQL; DESIGN.md §9)."""
+
+    def __init__(self, r: Rig, n: int, **env: str) -> None:
+        if n > 1:
+            env = {"HW_INGEST__PARTITIONS": str(PARTITIONS), "HW_INGEST__WORKERS": str(n), **env}
+        self.procs = [Serve(r.dsn, r.broker, r.tmp, HW_MQTT__CLIENT_ID="bench-hw",
+                            HW_LOG_LEVEL="WARNING", HW_INGEST__WORKER=str(i), **env)
+                      for i in range(n)]
+
+    def start(self, timeout: float = 60) -> Workers:
+        for p in self.procs:
+            p.start(timeout=timeout)
+            SERVE_PIDS.add(p.proc.pid)
+        return self
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.proc.pid for p in self.procs]
+
+    @property
+    def http_port(self) -> int:   # any worker serves the API (they share the database)
+        return self.procs[0].http_port
+
+
 @contextlib.contextmanager
-def rig(gateways: int, processes: int):
+def rig(gateways: int, processes: int, workers: int = 1):
     tmp = Path(tempfile.mkdtemp(prefix="hw-e2e-"))
-    fleet = Fleet.synthetic(gateways, PER_MESSAGE)
+    # one enterprise a gateway: partitions (by enterprise) then share the load evenly
+    fleet = Fleet.synthetic(gateways, PER_MESSAGE, per_enterprise=1)
     password = secrets.token_hex(12)
-    broker = Mosquitto()
+    broker = Mosquitto(partitions=PARTITIONS if workers > 1 else 0)
     for spec in fleet.gateways:  # before start: no reload per user
         broker.add_gateway(spec.enterprise, spec.gateway, password=password)
     broker.add_gateway(TRIP_ENT, TRIP_GATEWAY, password=password)
@@ -151,7 +183,7 @@ def rig(gateways: int, processes: int):
             path.write_text(registry_yaml(fleet), encoding="utf-8")
             import_file(dsn, path)
             add_user(dsn, BENCH_USER, password, "admin")
-            yield Rig(broker, dsn, fleet, password, tmp, processes)
+            yield Rig(broker, dsn, fleet, password, tmp, processes, workers)
     finally:
         broker.close()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -273,11 +305,16 @@ def metric(text: str, name: str) -> float:
     return total
 
 
-def scrape(serve: Serve) -> str:
-    """/metrics of serve; a saturated event loop may answer slowly, so be patient."""
+def scrape(serve: Workers) -> str:
+    """/metrics of every worker, one after the other (metric() sums the counters); a
+    saturated event loop may answer slowly, so be patient."""
+    return "\n".join(_scrape_one(p.http_port) for p in serve.procs)
+
+
+def _scrape_one(port: int) -> str:
     for attempt in range(5):
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{serve.http_port}/metrics", timeout=15) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=15) as r:
                 return r.read().decode()
         except (TimeoutError, OSError):
             if attempt == 4:
@@ -285,11 +322,11 @@ def scrape(serve: Serve) -> str:
     raise AssertionError("unreachable")
 
 
-def stored(serve: Serve) -> float:
+def stored(serve: Workers) -> float:
     return metric(scrape(serve), "hw_ingest_readings_stored_total")
 
 
-def drain(serve: Serve, target: int, status, timeout: float = 120.0) -> float:
+def drain(serve: Workers, target: int, status, timeout: float = 120.0) -> float:
     """Wait until serve has stored `target` readings (since its start); seconds waited."""
     t0 = time.monotonic()
     last, idle_since = -1.0, t0
@@ -311,6 +348,12 @@ def fmt_rate(x: float) -> str:
 
 # ---------------------------------------------------------------------------- phase 1: broker
 
+def readings_filter(r: Rig) -> str:
+    """What the collector's account subscribes to for native readings: a partitioning
+    broker delivers them under hwp/<k>/ (hw_identity's plugin_opt_partitions)."""
+    return "hwp/+/hw/v1/+/+/readings" if r.workers > 1 else "hw/v1/+/+/readings"
+
+
 def broker_ceiling(r: Rig, seconds: float, status) -> dict:
     counted = [0]
     lock = threading.Lock()
@@ -326,7 +369,7 @@ def broker_ceiling(r: Rig, seconds: float, status) -> dict:
     sub.on_subscribe = lambda *a: subscribed.set()
     sub.connect(r.broker.host, r.broker.port, clean_start=True)
     sub.loop_start()
-    sub.subscribe("hw/v1/+/+/readings", qos=1)
+    sub.subscribe(readings_filter(r), qos=1)
     subscribed.wait(10)
     warm = 3.0
     gen = r.loadgen(FLOOD, warm + seconds + 1)
@@ -371,7 +414,7 @@ SERVE_PIDS: set[int] = set()
 
 # ---------------------------------------------------------------------------- phase 2: serve
 
-def step(r: Rig, serve: Serve, rate: float, seconds: float, status) -> tuple[float, float, float]:
+def step(r: Rig, serve: Workers, rate: float, seconds: float, status) -> tuple[float, float, float]:
     """Offer `rate` for a short window: (stored/s, published/s, seconds to drain after)."""
     warm = 2.0
     gen = r.loadgen(rate, warm + seconds + 0.5)
@@ -390,7 +433,7 @@ def step(r: Rig, serve: Serve, rate: float, seconds: float, status) -> tuple[flo
     return (s1 - s0) / (t1 - t0), (a1 - a0) / (t1 - t0), drain(serve, r.acked_total, status)
 
 
-def search(r: Rig, serve: Serve, start: float, seconds: float, status) -> tuple[float, list]:
+def search(r: Rig, serve: Workers, start: float, seconds: float, status) -> tuple[float, list]:
     """The highest offered rate serve keeps up with, stepping up by 1.25x.
 
     A flood is no probe on two cores: publishers running flat out take the CPU serve needs.
@@ -411,12 +454,18 @@ def search(r: Rig, serve: Serve, start: float, seconds: float, status) -> tuple[
             failed = rate
             break
         best, rate = rate, rate * 1.25
-    if best is not None and failed is not None and attempt((best + failed) / 2):
-        best = (best + failed) / 2        # one step of bisection between the last two
+    for _ in range(2):  # two steps of bisection between the last two: within ~6 %
+        if best is None or failed is None:
+            break
+        mid = (best + failed) / 2
+        if attempt(mid):
+            best = mid
+        else:
+            failed = mid
     return (best if best is not None else start / 2), steps
 
 
-def serve_throughput(r: Rig, serve: Serve, seconds: float, probe_s: float, rate: float | None,
+def serve_throughput(r: Rig, serve: Workers, seconds: float, probe_s: float, rate: float | None,
                      start_rate: float, status) -> dict:
     probed, steps = None, []
     if rate is None:
@@ -427,7 +476,7 @@ def serve_throughput(r: Rig, serve: Serve, seconds: float, probe_s: float, rate:
     gen = r.loadgen(rate, warm + seconds + 0.5)
     backends, shared, pg_conn = postgres_pids(r.dsn)
     groups = {"broker": lambda: [r.broker.pid], "database": backends, "postgres shared": shared,
-              "hazardwatch": lambda: [serve.proc.pid], "load generator": lambda: gen_pids(r)}
+              "hazardwatch": lambda: serve.pids, "load generator": lambda: gen_pids(r)}
     try:
         time.sleep(0.5 + warm)
         m0 = scrape(serve)
@@ -464,7 +513,7 @@ def serve_throughput(r: Rig, serve: Serve, seconds: float, probe_s: float, rate:
 
 # ---------------------------------------------------------------------------- phase 3: latency
 
-def latency(r: Rig, serve: Serve, rate: float, seconds: float, status, trip_every: float = 0.25) -> dict:
+def latency(r: Rig, serve: Workers, rate: float, seconds: float, status, trip_every: float = 0.25) -> dict:
     listen: dict[int, float] = {}
     sse: dict[int, float] = {}
     stop = threading.Event()
@@ -624,7 +673,7 @@ def naive(r: Rig, seconds: float, rate: float, status) -> dict:
     count = [0]
 
     def on_message(client, userdata, msg):
-        parts = msg.topic.split("/")
+        parts = msg.topic.split("/")[2 if r.workers > 1 else 0:]
         if len(parts) != 5:
             return
         doc = orjson.loads(msg.payload)
@@ -641,7 +690,7 @@ def naive(r: Rig, seconds: float, rate: float, status) -> dict:
     sub.on_subscribe = lambda *a: subscribed.set()
     sub.connect(r.broker.host, r.broker.port, clean_start=True)
     sub.loop_start()
-    sub.subscribe("hw/v1/+/+/readings", qos=1)
+    sub.subscribe(readings_filter(r), qos=1)
     subscribed.wait(10)
     warm = 2.0
     gen = r.loadgen(rate, warm + seconds + 1)
@@ -663,8 +712,9 @@ def naive(r: Rig, seconds: float, rate: float, status) -> dict:
 # ---------------------------------------------------------------------------- the main run
 
 def main_run(args) -> dict:
-    out: dict = {"load": os.getloadavg(), "gateways": args.gateways, "processes": args.processes}
-    with rig(args.gateways, args.processes) as r, console.status("starting") as status:
+    out: dict = {"load": os.getloadavg(), "gateways": args.gateways, "processes": args.processes,
+                 "workers": args.workers}
+    with rig(args.gateways, args.processes, args.workers) as r, console.status("starting") as status:
         console.print(f"fleet: {args.gateways} gateways x {PER_MESSAGE} sensors "
                       f"({args.gateways * PER_MESSAGE:,} sensors), {PER_MESSAGE} readings a message, "
                       f"{args.processes} load-generator processes; load average {out['load'][0]:.2f}")
@@ -672,10 +722,11 @@ def main_run(args) -> dict:
         out["broker"] = broker_ceiling(r, args.broker_seconds, status)
         console.print(f"    {fmt_rate(out['broker']['rate'])} readings/s received by a bare subscriber")
 
-        console.print(f"2/5 hazardwatch serve (rules on): capacity search ({args.probe_seconds:g} s "
+        console.print("2/5 hazardwatch serve (rules on"
+                      + (f", {args.workers} workers on {PARTITIONS} partitions" if args.workers > 1 else "")
+                      + f"): capacity search ({args.probe_seconds:g} s "
                       f"steps), then {args.seconds:g} s sustained at the best rate")
         serve = r.serve().start(timeout=60)
-        SERVE_PIDS.add(serve.proc.pid)
         try:
             s = serve_throughput(r, serve, args.seconds, args.probe_seconds, args.rate,
                                  args.start_rate, status)
@@ -689,7 +740,7 @@ def main_run(args) -> dict:
                           f"SSE p50 {pct(lat['sse'], 50) * 1000:.0f} ms p99 {pct(lat['sse'], 99) * 1000:.0f} ms "
                           f"({len(lat['commit'])} of {lat['trips']} trips)")
             drain(serve, r.acked_total, status)
-            out["serve"]["peak_rss"] = vm_hwm(serve.proc.pid)
+            out["serve"]["peak_rss"] = sum(vm_hwm(pid) for pid in serve.pids)
         finally:
             serve.stop()
         rows = r.sql("SELECT count(*) FROM readings WHERE sensor_id IN "
@@ -721,7 +772,8 @@ def report(out: dict) -> None:
     t.add_column("/ naive", justify="right")
     for name, rate in (("broker pass-through (bare subscriber)", b["rate"]),
                        (f"PostgreSQL COPY, same rows, same table, {c['batch']:,}/tx (ceiling)", ceiling),
-                       ("hazardwatch serve, rules on (sustained)", s["rate"]),
+                       ("hazardwatch serve, rules on (sustained)" if out.get("workers", 1) == 1 else
+                        f"hazardwatch serve as {out['workers']} workers, rules on (sustained)", s["rate"]),
                        ("naive: one INSERT per reading", n["rate"])):
         t.add_row(name, fmt_rate(rate), f"{rate / ceiling:.2f}", f"{rate / n['rate']:.1f}x")
     result.print(t)
@@ -774,24 +826,26 @@ def report(out: dict) -> None:
 # ---------------------------------------------------------------------------- soak and backlog
 
 def soak(args) -> dict:
-    with rig(args.gateways, args.processes) as r, console.status("soak") as status:
+    with rig(args.gateways, args.processes, args.workers) as r, console.status("soak") as status:
         serve = r.serve().start(timeout=60)
-        SERVE_PIDS.add(serve.proc.pid)
-        proc = psutil.Process(serve.proc.pid)
+        procs = [psutil.Process(pid) for pid in serve.pids]
+
+        def rss() -> int:
+            return sum(p.memory_info().rss for p in procs)
         samples: list[tuple[float, int]] = []
         gen = r.loadgen(args.soak_rate, args.soak + 2)
         try:
             t0 = time.monotonic()
             while time.monotonic() - t0 < args.soak:
-                samples.append((time.monotonic() - t0, proc.memory_info().rss))
+                samples.append((time.monotonic() - t0, rss()))
                 status.update(f"soak at {args.soak_rate:,.0f}/s: {samples[-1][0]:.0f} s, "
                               f"RSS {samples[-1][1] / 2**20:.0f} MiB, stored {stored(serve):,.0f}")
                 time.sleep(10.0)
-            samples.append((time.monotonic() - t0, proc.memory_info().rss))
+            samples.append((time.monotonic() - t0, rss()))
             res = gen.wait(timeout=120)
             r.acked_total += res.acked
             drain(serve, r.acked_total, status)
-            peak = vm_hwm(serve.proc.pid)
+            peak = sum(vm_hwm(pid) for pid in serve.pids)
         finally:
             gen.stop()
             serve.stop()
@@ -808,10 +862,9 @@ def soak(args) -> dict:
 
 
 def backlog(args) -> dict:
-    with rig(args.gateways, args.processes) as r, console.status("backlog") as status:
+    with rig(args.gateways, args.processes, args.workers) as r, console.status("backlog") as status:
         serve = r.serve()
         serve.start(timeout=60)  # subscribes with a persistent session, then goes away
-        SERVE_PIDS.add(serve.proc.pid)
         serve.stop()
         console.print(f"collector stopped; publishing {args.backlog_rate:,.0f} readings/s for "
                       f"{args.backlog_seconds:g} s (the broker queues)")
@@ -825,12 +878,11 @@ def backlog(args) -> dict:
             gen.stop()
         t0 = time.monotonic()
         serve.start(timeout=60)
-        SERVE_PIDS.add(serve.proc.pid)
         ready = time.monotonic() - t0
         try:
             drain(serve, res.acked, status, timeout=60)
             caught = time.monotonic() - t0
-            peak = vm_hwm(serve.proc.pid)
+            peak = sum(vm_hwm(pid) for pid in serve.pids)
         finally:
             serve.stop()
         rows = r.sql("SELECT count(*) FROM readings")[0][0]
@@ -856,6 +908,8 @@ def main() -> None:
                     help="at most this many of the window's rows re-copied (the earliest)")
     ap.add_argument("--gateways", type=int, default=200)
     ap.add_argument("--processes", type=int, default=2, help="load-generator processes")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="run serve as this many collector workers (partitioned broker)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: short windows, small fleet")
     ap.add_argument("--soak", type=float, metavar="SECONDS", help="memory of serve under load instead")
     ap.add_argument("--soak-rate", type=float, default=50_000.0)

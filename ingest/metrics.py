@@ -29,6 +29,9 @@ STAGE_SECONDS = Histogram(
 LAG_SECONDS = Histogram("hw_ingest_lag_seconds", "Broker receipt to commit, per message",
                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 EVENT_LAG = Gauge("hw_ingest_event_lag_seconds", "Commit time minus the newest reading's own time")
+WRITE_YIELDS = Counter("hw_ingest_write_yields_total",
+                       "Batches that rolled back their COPY to let the batch before them finish "
+                       "(it failed after its own COPY and met this one's rows); written again")
 WRITE_FAILURES = Counter("hw_ingest_write_failures_total", "Batch writes that failed and were retried")
 CONNECTED = Gauge("hw_ingest_mqtt_connected", "1 while the collector is connected to the broker")
 INFLIGHT = Gauge("hw_ingest_inflight_messages", "Messages received and not yet acknowledged")

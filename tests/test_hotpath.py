@@ -113,14 +113,15 @@ def test_one_per_slot_detects_repeats():
 
 # ---- the collector's read-ahead MQTT client, on the real broker --------------------------------
 
-def _subscriber(broker, client_id: str, got: list, ready: threading.Event):
+def _subscriber(broker, client_id: str, got: list, ready: threading.Event, *, ack: bool = True):
     c = _ReadAheadClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                          manual_ack=True)
     c.username_pw_set(broker.collector.username, broker.collector.password)
 
     def on_message(client, userdata, msg):
-        got.append((msg.topic, msg.payload, msg.dup))
-        client.ack(msg.mid, msg.qos)
+        got.append((msg.topic, msg.payload, msg.dup, msg.mid))
+        if ack:
+            client.ack(msg.mid, msg.qos)
 
     c.on_message = on_message
     c.on_subscribe = lambda *a: ready.set()
@@ -157,8 +158,8 @@ def test_read_ahead_client_delivers_bursts_and_large_messages_intact(project_bro
         deadline = time.monotonic() + 20
         while len(got) < len(payloads) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert [p for _, p, _ in got] == payloads           # all, once, in order, intact
-        assert not any(dup for _, _, dup in got)
+        assert [p for _, p, _, _ in got] == payloads           # all, once, in order, intact
+        assert not any(dup for _, _, dup, _ in got)
         # a new connection starts with an empty read-ahead buffer, and nothing acknowledged
         # comes back (the acks went out while packets were being read ahead)
         sub.disconnect()
@@ -171,7 +172,52 @@ def test_read_ahead_client_delivers_bursts_and_large_messages_intact(project_bro
         deadline = time.monotonic() + 10
         while not got and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert [p for _, p, _ in got] == [b"after-reconnect"]
+        assert [p for _, p, _, _ in got] == [b"after-reconnect"]
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+        pub.disconnect()
+        pub.loop_stop()
+
+
+@pytest.mark.timeout(60)
+def test_ack_many_acknowledges_exactly_the_messages_named(project_broker):
+    """The collector's batched PUBACKs: the broker forgets exactly the acknowledged
+    messages and redelivers the rest (DUP set) on the persistent session."""
+    ent, gw = "91370105MA3C0ACKM3", "gw-ack"
+    creds = project_broker.add_gateway(ent, gw)
+    topic = f"hw/v1/{ent}/{gw}/readings"
+    got: list = []
+    ready = threading.Event()
+    sub = _subscriber(project_broker, "hotpath-ackmany", got, ready, ack=False)
+    sub.subscribe(f"hw/v1/{ent}/+/readings", qos=1)
+    assert ready.wait(10)
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="hotpath-ack-pub", protocol=mqtt.MQTTv5)
+    pub.username_pw_set(creds.username, creds.password)
+    pub.connect(project_broker.host, project_broker.port)
+    pub.loop_start()
+    try:
+        payloads = [b"m%d" % i for i in range(300)]
+        for info in [pub.publish(topic, p, qos=1) for p in payloads]:
+            info.wait_for_publish(20)
+        deadline = time.monotonic() + 20
+        while len(got) < len(payloads) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [p for _, p, _, _ in got] == payloads
+        acked = {p for _, p, _, _ in got[:130]} | {p for _, p, _, _ in got[200:]}
+        sub.ack_many([mid for _, p, _, mid in got if p in acked])    # two runs, one write
+        time.sleep(0.5)
+        sub.disconnect()
+        sub.loop_stop()
+        got.clear()
+        ready.clear()
+        sub = _subscriber(project_broker, "hotpath-ackmany", got, ready)
+        deadline = time.monotonic() + 10
+        while len(got) < 70 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)                                            # and nothing more comes
+        assert [p for _, p, _, _ in got] == payloads[130:200]
+        assert all(dup for _, _, dup, _ in got)
     finally:
         sub.disconnect()
         sub.loop_stop()
