@@ -72,7 +72,8 @@ class _Fit:
 
     FIELDS = ("s0", "st", "stt", "sv", "stv", "t0", "v0", "last", "n")
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, warm: float) -> None:
+        self.warm = warm  # ready once the readings span warm × tau
         self.data = np.zeros((len(self.FIELDS), n))
         self.data[self.FIELDS.index("last")] = -np.inf
         self._views()
@@ -120,7 +121,7 @@ class _Fit:
         with np.errstate(divide="ignore", invalid="ignore"):
             slope = np.where(ok, (s0 * stv - st * sv) / np.where(ok, den, 1.0), 0.0)
         fitted = v0 + (sv - slope * st) / s0
-        ready = ok & (n >= 3) & (ts - t0 >= 0.5 * tau)
+        ready = ok & (n >= 3) & (ts - t0 >= self.warm * tau)
         return slope, fitted, ready
 
 
@@ -136,8 +137,11 @@ class State:
         self.flags = np.zeros((len(COND_INDEX), 0), dtype=bool)
         for f in self._FLOATS:
             setattr(self, f, np.zeros(0))
-        self.rate_fit = _Fit(0)
-        self.trend_fit = _Fit(0)
+        self.rate_fit = _Fit(0, warm=0.5)
+        # A projection needs a full time constant of history: over less, a fit on the rising
+        # half of a periodic process (a collector's ΔP between cleaning pulses, 7-10 min)
+        # projects a limit that the next pulse takes away (5 % of 1-hour dust runs warned so).
+        self.trend_fit = _Fit(0, warm=1.0)
         self._mark = np.zeros(0, dtype=np.int64)
         self.resize(n)
 

@@ -151,7 +151,18 @@ class Site:
         for ent, gw in gateways:
             creds = broker.add_gateway(ent, gw, password=secrets.token_hex(8))
             self.passwords[creds.username] = creds.password
+        for ent, gw in gateways:
+            self.clear_state(ent, gw)
         self.serve = Serve(dsn, broker, tmp, HW_MQTT__CLIENT_ID=client_id, **env)
+
+    def clear_state(self, ent: str, gw: str) -> None:
+        """Delete the retained state the shared broker may hold from another test (a last-will
+        `offline` left behind would otherwise reach this site's collector on subscribing)."""
+        g = self.gateway(ent, gw, client_id=f"clear-{gw}-{time.monotonic_ns()}")
+        try:
+            g.publish(f"hw/v1/{ent}/{gw}/state", b"", retain=True)
+        finally:
+            g.close()
 
     def gateway(self, ent: str, gw: str, **kw) -> Gateway:
         user = f"{ent}/{gw}"

@@ -162,17 +162,17 @@ def ewls(points, tau: float) -> tuple[float, float]:
 
 class RefFit:
     """The spec's fit bookkeeping: restart after a gap > 5 tau; ready with >= 3 readings
-    spanning >= tau / 2."""
+    spanning >= warm × tau (rate: tau / 2; trend: a full tau)."""
 
-    def __init__(self, tau: float) -> None:
-        self.tau = tau
+    def __init__(self, tau: float, warm: float) -> None:
+        self.tau, self.warm = tau, warm
         self.pts: list[tuple[float, float]] = []
 
     def add(self, t: float, v: float) -> tuple[bool, float, float]:
         if self.pts and t - self.pts[-1][0] > 5 * self.tau:
             self.pts = []
         self.pts.append((t, v))
-        ready = len(self.pts) >= 3 and t - self.pts[0][0] >= self.tau / 2
+        ready = len(self.pts) >= 3 and t - self.pts[0][0] >= self.warm * self.tau
         if len(self.pts) < 2:
             return ready, NAN, v
         slope, fitted = ewls(self.pts, self.tau)
@@ -182,7 +182,7 @@ class RefFit:
 def ref_rate(r: SensorRules, dts, values) -> list[tuple]:
     """Expected RATE_RISE / RATE_FALL transitions (cond, raised, dt) of an all-valid series;
     asserts the series keeps a clear margin from every decision boundary it meets."""
-    fit, out = RefFit(r.rate_tau_s), []
+    fit, out = RefFit(r.rate_tau_s, 0.5), []
     active = {Cond.RATE_RISE: False, Cond.RATE_FALL: False}
     for t, v in zip(dts, values, strict=True):
         ready, slope, _ = fit.add(t, v)
@@ -207,7 +207,7 @@ def ref_rate(r: SensorRules, dts, values) -> list[tuple]:
 
 def ref_trend(r: SensorRules, dts, values, clear_factor: float = 1.25) -> list[tuple]:
     """Expected TREND_HH / TREND_LL transitions (cond, raised, dt) of an all-valid series."""
-    fit, out = RefFit(r.trend_tau_s), []
+    fit, out = RefFit(r.trend_tau_s, 1.0), []
     active = {Cond.TREND_HH: False, Cond.TREND_LL: False}
     lead = r.trend_lead_s
     for t, v in zip(dts, values, strict=True):
@@ -683,13 +683,15 @@ def test_slow_ramp_trend_hh_before_hh_with_the_true_time_left():
 def test_trend_readiness_and_clear_on_reversal():
     r = SensorRules(hh=100, trend_tau_s=600, trend_lead_s=900)
     rig = Rig(r, SensorRules(ll=0, trend_tau_s=60, trend_lead_s=120))
-    dts = list(range(0, 361, 60))
-    trs = rig.feed(series(0, dts, [95 + 0.01 * t for t in dts])         # 500 s away at once
+    dts = list(range(0, 661, 60))
+    # 1000 s from HH at the start and within the 900-s lead from 100 s on, but a projection
+    # waits for a full tau (600 s) of readings
+    trs = rig.feed(series(0, dts, [90 + 0.01 * t for t in dts])
                    + series(1, [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100],
                             [30, 27, 24, 21, 18, 15, 15, 16, 17, 18, 19]))
-    assert of(trs, 0, Cond.TREND_HH) == [(True, 300, pytest.approx(98.0))]
+    assert of(trs, 0, Cond.TREND_HH) == [(True, 600, pytest.approx(96.0))]
     p = float(one(trs, 0, Cond.TREND_HH, True).detail["projected_s"])
-    assert p == pytest.approx(200, rel=1e-6)
+    assert p == pytest.approx(400, rel=1e-6)
     vals1 = [30, 27, 24, 21, 18, 15, 15, 16, 17, 18, 19]
     expect = ref_trend(rig.rules[1], [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100], vals1)
     assert [x[1] for x in expect] == [True, False]

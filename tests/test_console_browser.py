@@ -74,10 +74,6 @@ def site(project_broker, tmp_path):
                  "--name", "值班员甲")
         add_user(s.serve.env, s.password, ENTERPRISE_USER, "--role", "enterprise",
                  "--enterprise", ENT, "--name", "一厂安全员")
-        # the shared broker may hold another test's retained state for gw-e2e: clear it
-        gw = s.gateway(ENT, "gw-e2e", client_id=f"console-clear-{time.monotonic_ns()}")
-        gw.publish(f"hw/v1/{ENT}/gw-e2e/state", b"", retain=True)
-        gw.close()
         s.serve.start()
         try:
             yield s

@@ -284,6 +284,18 @@ def test_offline_normal_day_json(tmp_path):
     assert "false per site-day" in res.output and doc["run_s"] > 0
 
 
+@pytest.mark.parametrize("seed", [38, 56, 98, 99, 114, 119, 127])
+def test_cold_start_of_a_dust_collector_projects_no_blockage(seed):
+    """A trend fit over less than one pulse-cleaning cycle (7-10 min) once saw the rising half
+    of the ΔP saw-tooth 5 min after start and projected HH within the lead: these seeds (of
+    the first 160 one-hour runs, 7 did) each raised a false `blockage`. A projection now
+    waits for a full time constant of readings."""
+    doc = {"name": "cold", "seed": seed, "start": "2024-06-03T10:00:00+08:00", "duration": "1h",
+           "fleet": {"enterprises": 2, "major_hazard": 1, "dust_explosion": 1}}
+    s, _ = evaluate(parse(doc))
+    assert [(w.site, w.cause) for w in s.false_list] == []
+
+
 @pytest.mark.slow
 def test_normal_fleet_stays_under_one_false_warning_per_hundred_site_days():
     s, r = evaluate(load(SCENARIOS / "normal_fleet.yaml"))
@@ -362,8 +374,10 @@ def test_live_run_through_the_pipeline_matches_offline(project_broker, tmp_path)
             stored = conn.execute(
                 "SELECT st.code, w.cause, w.level, w.count FROM warnings w "
                 "JOIN sites st ON st.id = w.site_id ORDER BY 1, 2").fetchall()
-        assert [(site, cause) for site, cause, _, _ in stored] == [
-            ("DS1", "data_interruption"), ("TF1", "data_interruption"), ("TF1", "overfill")]
+        # the incidents' warnings, and any the offline run could not explain (the seed varies)
+        expected = {("DS1", "data_interruption"), ("TF1", "data_interruption"), ("TF1", "overfill")}
+        expected |= {(w.site, w.cause) for w in offline.false_list}
+        assert [(site, cause) for site, cause, _, _ in stored] == sorted(expected), doc["seed"]
         assert sum(n for *_, n in stored) == live["warnings"]
         assert dict(((s, c), lv) for s, c, lv, _ in stored)[("TF1", "overfill")] == 4   # red
 
