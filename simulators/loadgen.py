@@ -273,7 +273,7 @@ class _Loop:
 
 def worker(index: int, specs: list[GatewaySpec], host: str, port: int, password: str, rate: float,
            duration: float, per_message: int, start_at: float, results, acked_counter=None,
-           max_outstanding: int = 100) -> None:
+           max_outstanding: int = 100, started=None, sent_counter=None) -> None:
     """One process: connect its gateways, publish at `rate` readings/s for `duration` s.
 
     Everything runs on this one thread: a token bucket refilled each wakeup, bursts of
@@ -283,7 +283,7 @@ def worker(index: int, specs: list[GatewaySpec], host: str, port: int, password:
     loop = _Loop()
     sent = 0
     t0 = time.monotonic()
-    reported = 0
+    reported = sent_reported = 0
 
     def acked() -> int:
         return sum(gw.acked for gw in loop.gateways)
@@ -305,6 +305,9 @@ def worker(index: int, specs: list[GatewaySpec], host: str, port: int, password:
         while (wait := start_at - time.time()) > 0:
             loop.pump(min(wait, 0.5))
         t0 = time.monotonic()
+        if started is not None:  # a busy machine can connect its gateways after start_at
+            with started.get_lock():
+                started.value += 1
         deadline = t0 + duration
         burst = max(float(per_message), rate * 0.05)  # at most 50 ms of readings at once
         step = min(burst, max(float(per_message), rate * TICK_S))
@@ -352,6 +355,10 @@ def worker(index: int, specs: list[GatewaySpec], host: str, port: int, password:
                     with acked_counter.get_lock():
                         acked_counter.value += done - reported
                     reported = done
+                if sent_counter is not None:
+                    with sent_counter.get_lock():
+                        sent_counter.value += sent - sent_reported
+                    sent_reported = sent
                 if now >= next_misc:
                     next_misc = now + 1.0
                     loop.misc()
@@ -425,6 +432,8 @@ class LoadGen:
         ctx = mp.get_context("spawn")  # no forked paho threads or sockets
         self.result = LoadResult(rate, duration)
         self.acked = ctx.Value("q", 0)
+        self.started = ctx.Value("i", 0)  # processes publishing
+        self.sent = ctx.Value("q", 0)     # readings handed to the sockets (live, like acked)
         self._results = ctx.Queue()
         start_at = time.time() + start_delay + 0.2 * len(fleet.gateways) / processes / 50
         self.start_at = start_at  # wall clock: the workers begin publishing together then
@@ -433,9 +442,20 @@ class LoadGen:
             part = list(fleet.gateways[i::processes])
             p = ctx.Process(target=worker, name=f"loadgen-{i}",
                             args=(i, part, host, port, password, rate / processes, duration,
-                                  per_message, start_at, self._results, self.acked))
+                                  per_message, start_at, self._results, self.acked),
+                            kwargs={"started": self.started, "sent_counter": self.sent})
             p.start()
             self._procs.append(p)
+
+    def wait_started(self, timeout: float = 60.0) -> None:
+        """Until every process publishes: a window measured from an earlier time would count
+        its gateways' connecting as a rate the generator fell short of."""
+        deadline = time.monotonic() + timeout
+        while self.started.value < len(self._procs):
+            if not self.running or time.monotonic() > deadline:
+                raise PublishError(f"{self.started.value} of {len(self._procs)} load-generator "
+                                   f"processes publishing after {timeout:g} s")
+            time.sleep(0.02)
 
     def wait(self, timeout: float | None = None) -> LoadResult:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -112,3 +112,29 @@ def test_loadgen_readings_land_through_serve_exactly(project_broker, tmp_path):
                           (ours,)) == 0
         finally:
             serve.stop()
+
+
+def test_wait_started_returns_once_every_process_publishes_and_fails_when_one_cannot(project_broker):
+    """The benchmarks measure from wait_started(): before it, gateways may still be connecting."""
+    from brokers import free_port
+
+    from simulators.loadgen import LoadGen
+    from simulators.mqttout import PublishError
+
+    seed = secrets.randbelow(10_000) + 20_000
+    password = secrets.token_hex(8)
+    fleet = Fleet.synthetic(4, seed=seed)
+    for g in fleet.gateways:
+        project_broker.add_gateway(g.enterprise, g.gateway, password=password)
+    gen = LoadGen(fleet, project_broker.host, project_broker.port, password, rate=2000, duration=1.5,
+                  processes=2, start_delay=0.1)
+    gen.wait_started(timeout=60)
+    assert gen.started.value == 2
+    res = gen.wait(timeout=60)
+    assert res.errors == [] and res.acked > 0
+
+    nowhere = LoadGen(fleet, "127.0.0.1", free_port(), password, rate=2000, duration=1.5, processes=2)
+    with pytest.raises(PublishError, match="load-generator processes publishing"):
+        nowhere.wait_started(timeout=60)
+    assert nowhere.started.value == 0
+    nowhere.wait(timeout=30)
